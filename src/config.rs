@@ -1,0 +1,119 @@
+//! Service configuration: defaults, then an optional TOML file (`--config`), then
+//! `RADIOLOGY_*` environment variables. Secrets may also come from `*_file` paths.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// A string that never shows itself in `Debug` output or logs.
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct SecretString(String);
+
+impl SecretString {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Address of the REST/FHIR HTTP listener.
+    pub http_addr: String,
+    /// `sqlite://path` (embedded default) or `postgres://…`.
+    pub database_url: String,
+    /// Folder for generated keys (and the default SQLite file).
+    pub data_dir: PathBuf,
+    /// HS256 key for bearer tokens; generated into `data_dir` when absent.
+    pub jwt_secret: Option<SecretString>,
+    pub jwt_secret_file: Option<PathBuf>,
+    /// 32-byte AES-256-GCM key (base64 or hex) sealing PACS credentials at rest.
+    pub secret_key: Option<SecretString>,
+    pub secret_key_file: Option<PathBuf>,
+    pub log_format: LogFormat,
+    /// Maximum connections in the database pool.
+    pub db_max_connections: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            http_addr: "127.0.0.1:8080".into(),
+            database_url: "sqlite://./data/radiology.db".into(),
+            data_dir: PathBuf::from("./data"),
+            jwt_secret: None,
+            jwt_secret_file: None,
+            secret_key: None,
+            secret_key_file: None,
+            log_format: LogFormat::Text,
+            db_max_connections: 10,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults → TOML file (when given) → `RADIOLOGY_*` environment.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            anyhow::ensure!(path.exists(), "config file {} does not exist", path.display());
+            figment = figment.merge(Toml::file(path));
+        }
+        // `RADIOLOGY_TEST_*` variables belong to the test harness, not the service.
+        figment = figment.merge(Env::prefixed("RADIOLOGY_").filter(|k| !k.as_str().starts_with("test_")));
+        let config: Config = figment.extract().context("reading configuration")?;
+        Ok(config)
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        self.database_url.starts_with("sqlite:")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_string_is_redacted_in_debug() {
+        let config = Config { jwt_secret: Some(SecretString::new("hunter2")), ..Config::default() };
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("***"));
+    }
+
+    #[test]
+    fn toml_then_environment_override_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("radiology.toml", "http_addr = \"127.0.0.1:9999\"\ndb_max_connections = 3\n")?;
+            jail.set_env("RADIOLOGY_DB_MAX_CONNECTIONS", "7");
+            let config = Config::load(Some(Path::new("radiology.toml"))).expect("config");
+            assert_eq!(config.http_addr, "127.0.0.1:9999");
+            assert_eq!(config.db_max_connections, 7);
+            assert_eq!(config.database_url, "sqlite://./data/radiology.db");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,79 @@
+//! Prometheus text metrics: HTTP requests by route and status, a latency histogram by
+//! route, and database pool gauges. Small and dependency-free on purpose.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::db::Db;
+
+const BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+
+#[derive(Default)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    sum: f64,
+    count: u64,
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(String, String, u16), u64>>,
+    latency: Mutex<BTreeMap<(String, String), Histogram>>,
+}
+
+fn escape(label: &str) -> String {
+    label.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+impl Metrics {
+    pub fn observe_http(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
+        *self.requests.lock().unwrap().entry((method.into(), route.into(), status)).or_default() += 1;
+        let seconds = elapsed.as_secs_f64();
+        let mut latency = self.latency.lock().unwrap();
+        let h = latency.entry((method.into(), route.into())).or_default();
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            if seconds <= *bound {
+                h.counts[i] += 1;
+            }
+        }
+        h.sum += seconds;
+        h.count += 1;
+    }
+
+    pub fn render(&self, db: &Db) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP radiology_http_requests_total HTTP requests by method, route and status.\n");
+        out.push_str("# TYPE radiology_http_requests_total counter\n");
+        for ((method, route, status), n) in self.requests.lock().unwrap().iter() {
+            let _ = writeln!(
+                out,
+                "radiology_http_requests_total{{method=\"{}\",route=\"{}\",status=\"{status}\"}} {n}",
+                escape(method),
+                escape(route)
+            );
+        }
+        out.push_str("# HELP radiology_http_request_duration_seconds HTTP request latency by method and route.\n");
+        out.push_str("# TYPE radiology_http_request_duration_seconds histogram\n");
+        for ((method, route), h) in self.latency.lock().unwrap().iter() {
+            let labels = format!("method=\"{}\",route=\"{}\"", escape(method), escape(route));
+            for (bound, n) in BUCKETS.iter().zip(h.counts.iter()) {
+                let _ = writeln!(out, "radiology_http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {n}");
+            }
+            let _ = writeln!(out, "radiology_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
+            let _ = writeln!(out, "radiology_http_request_duration_seconds_sum{{{labels}}} {}", h.sum);
+            let _ = writeln!(out, "radiology_http_request_duration_seconds_count{{{labels}}} {}", h.count);
+        }
+        let (size, idle, max) = db.pool_stats();
+        let backend = db.backend();
+        out.push_str("# HELP radiology_db_pool_connections Database pool connections by state.\n");
+        out.push_str("# TYPE radiology_db_pool_connections gauge\n");
+        let _ = writeln!(out, "radiology_db_pool_connections{{backend=\"{backend}\",state=\"idle\"}} {idle}");
+        let _ = writeln!(out, "radiology_db_pool_connections{{backend=\"{backend}\",state=\"in_use\"}} {}", size as usize - idle.min(size as usize));
+        out.push_str("# HELP radiology_db_pool_max_connections Configured maximum pool size.\n");
+        out.push_str("# TYPE radiology_db_pool_max_connections gauge\n");
+        let _ = writeln!(out, "radiology_db_pool_max_connections{{backend=\"{backend}\"}} {max}");
+        out
+    }
+}

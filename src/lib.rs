@@ -1,0 +1,122 @@
+//! Radiology Service: PACS DICOMweb integration, the imaging study index, and the
+//! tooling to carry a tenant through its migration. See README.md.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod crypto;
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod keys;
+pub mod pacs;
+pub mod pagination;
+pub mod studies;
+pub mod telemetry;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::auth::{HasTokenKeys, TokenKeys};
+use crate::config::Config;
+use crate::crypto::SecretBox;
+use crate::db::Db;
+use crate::http::metrics::Metrics;
+use crate::pacs::{PacsService, SqlPacsStore};
+use crate::studies::{SqlStudyStore, StudyStore};
+
+/// Everything a request handler may need. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub token_keys: Arc<TokenKeys>,
+    pub pacs: Arc<PacsService>,
+    pub studies: Arc<dyn StudyStore>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl HasTokenKeys for AppState {
+    fn token_keys(&self) -> &Arc<TokenKeys> {
+        &self.token_keys
+    }
+}
+
+/// A built application: database migrated, secrets sealed, listener bound.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    /// Connects to the database, applies migrations, seals plain-text credentials and
+    /// binds the HTTP listener (port 0 picks a free port, as tests do).
+    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        let db = Db::connect(&config.database_url, config.db_max_connections).await?;
+        db.migrate().await?;
+        let secrets = SecretBox::new(&keys::secret_key(config)?);
+        let token_keys = Arc::new(TokenKeys::new(&keys::jwt_key(config)?));
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("radiology-service/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("building the HTTP client")?;
+        let pacs_store = Arc::new(SqlPacsStore::new(db.clone()));
+        pacs::secrets::seal_plaintext_everywhere(pacs_store.as_ref(), &secrets).await?;
+        let state = AppState {
+            pacs: Arc::new(PacsService::new(pacs_store, secrets, http)),
+            studies: Arc::new(SqlStudyStore::new(db.clone())),
+            db,
+            token_keys,
+            metrics: Arc::default(),
+        };
+        let listener = TcpListener::bind(&config.http_addr)
+            .await
+            .with_context(|| format!("binding the HTTP listener on {}", config.http_addr))?;
+        Ok(Self { listener, state })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, then finishes in-flight requests and closes the pool.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let db = self.state.db.clone();
+        tracing::info!(addr = %self.local_addr(), database = db.backend(), "radiology service listening");
+        http::serve(self.listener, self.state, shutdown).await?;
+        db.close().await;
+        tracing::info!("radiology service stopped");
+        Ok(())
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutdown signal received; draining");
+}

@@ -1,0 +1,6 @@
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    radiology::cli::run(radiology::cli::Cli::parse()).await
+}
