@@ -179,7 +179,9 @@ async fn run_steps(
     runner
         .step("qido", async {
             let page = parse_qido_response(&authenticated).map_err(|e| match e {
-                DicomWebError::Status { status: 404, .. } => format!("{e} — no QIDO-RS 'studies' resource here; check qido_url (e.g. …/dicom-web)"),
+                DicomWebError::Status { status: 400..=499, .. } => {
+                    format!("{e} — this URL does not serve QIDO-RS 'studies'; check qido_url (e.g. …/dicom-web)")
+                }
                 other => other.to_string(),
             })?;
             let detail = if page.no_content {

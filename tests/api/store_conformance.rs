@@ -1,0 +1,184 @@
+//! The store contract, run against whichever backend RADIOLOGY_TEST_BACKEND selects
+//! (scripts/test runs the suite once per backend).
+
+use radiology::auth::TenantId;
+use radiology::db::{Db, StoreError};
+use radiology::pacs::store::EndpointFilter;
+use radiology::pacs::{EndpointRow, PacsStore, SqlPacsStore};
+use radiology::pagination::PageRequest;
+use radiology::studies::store::StudyFilter;
+use radiology::studies::{SqlStudyStore, StudyRow, StudyStore};
+use serde_json::json;
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use crate::helpers::fresh_database;
+
+async fn db() -> (Db, tempfile::TempDir) {
+    let (url, dir) = fresh_database().await;
+    let db = Db::connect(&url, 3).await.unwrap();
+    db.migrate().await.unwrap();
+    (db, dir)
+}
+
+fn endpoint(tenant: TenantId, node: &str) -> EndpointRow {
+    let now = radiology::db::now();
+    EndpointRow {
+        id: Uuid::new_v4(),
+        tenant_id: tenant.0,
+        node_id: node.into(),
+        name: Some(format!("PACS {node}")),
+        qido_url: "http://pacs/dicom-web".into(),
+        wado_url: Some("http://pacs/dicom-web".into()),
+        stow_url: None,
+        auth_mode: Some("basic".into()),
+        auth_config: Some(Json(json!({"username": "u", "password": {"$sealed": "v1:x"}}))),
+        facility_id: Some(Uuid::new_v4()),
+        active: true,
+        created_at: now,
+        updated_at: now,
+        timeout_ms: 1234,
+        last_test: None,
+    }
+}
+
+fn page(limit: i64) -> PageRequest {
+    PageRequest { limit, after: None }
+}
+
+#[tokio::test]
+async fn pacs_store_round_trips_and_scopes_every_call_by_tenant() {
+    let (db, _dir) = db().await;
+    let store = SqlPacsStore::new(db.clone());
+    let (a, b) = (TenantId(Uuid::new_v4()), TenantId(Uuid::new_v4()));
+    let row = endpoint(a, "n1");
+    store.insert(a, &row).await.unwrap();
+
+    let read = store.get(a, row.id).await.unwrap();
+    assert_eq!((read.id, read.created_at, read.timeout_ms, &read.auth_config), (row.id, row.created_at, 1234, &row.auth_config));
+    assert!(matches!(store.get(b, row.id).await, Err(StoreError::NotFound)));
+    assert!(store.list(b, &EndpointFilter::default(), &page(10)).await.unwrap().is_empty());
+    assert!(matches!(store.update(b, &row).await, Err(StoreError::NotFound)));
+    assert!(matches!(store.set_last_test(b, row.id, &json!({})).await, Err(StoreError::NotFound)));
+    assert!(matches!(store.delete_unreferenced(b, row.id).await, Err(StoreError::NotFound)));
+
+    store.set_last_test(a, row.id, &json!({"ok": true})).await.unwrap();
+    assert_eq!(store.get(a, row.id).await.unwrap().last_test.unwrap().0, json!({"ok": true}));
+    let mut changed = read.clone();
+    changed.name = Some("renamed".into());
+    changed.active = false;
+    store.update(a, &changed).await.unwrap();
+    let read = store.get(a, row.id).await.unwrap();
+    assert_eq!((read.name.as_deref(), read.active), (Some("renamed"), false));
+}
+
+#[tokio::test]
+async fn one_active_endpoint_per_tenant_node() {
+    let (db, _dir) = db().await;
+    let store = SqlPacsStore::new(db);
+    let (a, b) = (TenantId(Uuid::new_v4()), TenantId(Uuid::new_v4()));
+    store.insert(a, &endpoint(a, "n1")).await.unwrap();
+    assert!(matches!(store.insert(a, &endpoint(a, "n1")).await, Err(StoreError::Conflict(_))));
+    store.insert(b, &endpoint(b, "n1")).await.unwrap();
+    let mut inactive = endpoint(a, "n1");
+    inactive.active = false;
+    store.insert(a, &inactive).await.unwrap();
+}
+
+#[tokio::test]
+async fn pacs_list_filters_and_pages_in_a_stable_order() {
+    let (db, _dir) = db().await;
+    let store = SqlPacsStore::new(db);
+    let a = TenantId(Uuid::new_v4());
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let mut row = endpoint(a, &format!("n{i}"));
+        row.active = i != 2;
+        store.insert(a, &row).await.unwrap();
+        ids.push(row.id);
+    }
+    let active = store.list(a, &EndpointFilter { active: Some(true), ..Default::default() }, &page(10)).await.unwrap();
+    assert_eq!(active.len(), 4);
+    let node = store.list(a, &EndpointFilter { node_id: Some("n3".into()), ..Default::default() }, &page(10)).await.unwrap();
+    assert_eq!(node[0].id, ids[3]);
+    let mut seen = Vec::new();
+    let mut request = page(2);
+    loop {
+        let rows = store.list(a, &EndpointFilter::default(), &request).await.unwrap();
+        let more = rows.len() as i64 > request.limit;
+        seen.extend(rows.iter().take(2).map(|r| r.id));
+        if !more {
+            break;
+        }
+        request.after = Some(rows[1].cursor());
+    }
+    assert_eq!(seen, ids);
+}
+
+fn study(tenant: TenantId, uid: &str, endpoint: Option<Uuid>) -> StudyRow {
+    let now = radiology::db::now();
+    StudyRow {
+        id: Uuid::new_v4(),
+        tenant_id: tenant.0,
+        patient_id: Some("P1".into()),
+        encounter_id: None,
+        order_id: None,
+        accession_number: Some(format!("ACC-{uid}")),
+        modality: Some("CT".into()),
+        started_at: Some(now),
+        status: "available".into(),
+        pacs_study_uid: uid.into(),
+        pacs_endpoint_id: endpoint,
+        description: Some("CT HEAD".into()),
+        number_of_series: Some(2),
+        number_of_instances: Some(40),
+        payload: Some(Json(json!({"resourceType": "ImagingStudy"}))),
+        version: 1,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+#[tokio::test]
+async fn study_store_is_unique_per_tenant_uid_and_referenced_endpoints_are_not_deleted() {
+    let (db, _dir) = db().await;
+    let studies = SqlStudyStore::new(db.clone());
+    let endpoints = SqlPacsStore::new(db);
+    let (a, b) = (TenantId(Uuid::new_v4()), TenantId(Uuid::new_v4()));
+    let ep = endpoint(a, "n1");
+    endpoints.insert(a, &ep).await.unwrap();
+    let row = study(a, "1.2.3", Some(ep.id));
+    studies.insert(a, &row).await.unwrap();
+    assert_eq!(studies.get(a, row.id).await.unwrap(), row, "every column round-trips");
+    assert_eq!(studies.get_by_uid(a, "1.2.3").await.unwrap().id, row.id);
+    assert!(matches!(studies.get(b, row.id).await, Err(StoreError::NotFound)));
+    assert!(matches!(studies.get_by_uid(b, "1.2.3").await, Err(StoreError::NotFound)));
+    assert!(matches!(studies.insert(a, &study(a, "1.2.3", None)).await, Err(StoreError::Conflict(_))));
+    studies.insert(b, &study(b, "1.2.3", None)).await.unwrap();
+
+    let filter = StudyFilter { accession_number: Some("ACC-1.2.3".into()), ..Default::default() };
+    assert_eq!(studies.list(a, &filter, &page(10)).await.unwrap().len(), 1);
+    let filter = StudyFilter { pacs_endpoint_id: Some(ep.id), status: Some("cancelled".into()), ..Default::default() };
+    assert!(studies.list(a, &filter, &page(10)).await.unwrap().is_empty());
+
+    assert!(matches!(endpoints.delete_unreferenced(a, ep.id).await, Err(StoreError::Conflict(_))));
+    let unused = endpoint(a, "n2");
+    endpoints.insert(a, &unused).await.unwrap();
+    endpoints.delete_unreferenced(a, unused.id).await.unwrap();
+    assert!(matches!(endpoints.get(a, unused.id).await, Err(StoreError::NotFound)));
+}
+
+#[tokio::test]
+async fn system_sweep_sees_every_tenant_and_replaces_only_the_named_row() {
+    let (db, _dir) = db().await;
+    let store = SqlPacsStore::new(db);
+    let (a, b) = (TenantId(Uuid::new_v4()), TenantId(Uuid::new_v4()));
+    let (ra, rb) = (endpoint(a, "n"), endpoint(b, "n"));
+    store.insert(a, &ra).await.unwrap();
+    store.insert(b, &rb).await.unwrap();
+    assert_eq!(store.all_auth_configs().await.unwrap().len(), 2);
+    store.replace_auth_config(a, ra.id, &json!({"token": "x"})).await.unwrap();
+    store.replace_auth_config(a, rb.id, &json!({"token": "y"})).await.unwrap();
+    assert_eq!(store.get(a, ra.id).await.unwrap().auth_config.unwrap().0, json!({"token": "x"}));
+    assert_eq!(store.get(b, rb.id).await.unwrap().auth_config, rb.auth_config, "another tenant's row is untouched");
+}
