@@ -55,6 +55,24 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Maximum connections in the database pool.
     pub db_max_connections: u32,
+    /// QIDO-RS study sync (see `studies::sync`).
+    pub sync_enabled: bool,
+    /// Seconds between incremental polls of an endpoint.
+    pub sync_interval_seconds: u32,
+    /// How long a process holds an endpoint's sync lease without renewing it.
+    pub sync_lease_seconds: u32,
+    /// QIDO `limit` of each page.
+    pub sync_page_size: u32,
+    /// A window returning this many studies is "full" (the PACS may cap results) and is split.
+    pub sync_max_results: u32,
+    /// Endpoints synced at once by this process.
+    pub sync_concurrency: u32,
+    /// Oldest StudyDate the first backfill reaches (YYYY-MM-DD).
+    pub sync_backfill_since: String,
+    /// Days re-read before the watermark on each incremental poll.
+    pub sync_overlap_days: u32,
+    /// UTC offset (+HH:MM) assumed for study times without TimezoneOffsetFromUTC.
+    pub dicom_default_utc_offset: String,
 }
 
 impl Default for Config {
@@ -69,6 +87,15 @@ impl Default for Config {
             secret_key_file: None,
             log_format: LogFormat::Text,
             db_max_connections: 10,
+            sync_enabled: true,
+            sync_interval_seconds: 60,
+            sync_lease_seconds: 60,
+            sync_page_size: 100,
+            sync_max_results: 1000,
+            sync_concurrency: 2,
+            sync_backfill_since: "1900-01-01".into(),
+            sync_overlap_days: 1,
+            dicom_default_utc_offset: "+00:00".into(),
         }
     }
 }

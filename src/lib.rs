@@ -28,6 +28,8 @@ use crate::crypto::SecretBox;
 use crate::db::Db;
 use crate::http::metrics::Metrics;
 use crate::pacs::{PacsService, SqlPacsStore};
+use crate::studies::sync::store::SqlSyncStore;
+use crate::studies::sync::{SyncService, SyncSettings};
 use crate::studies::{SqlStudyStore, StudyStore};
 
 /// Everything a request handler may need. Cheap to clone.
@@ -37,6 +39,7 @@ pub struct AppState {
     pub token_keys: Arc<TokenKeys>,
     pub pacs: Arc<PacsService>,
     pub studies: Arc<dyn StudyStore>,
+    pub sync: Arc<SyncService>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -66,9 +69,18 @@ impl Application {
             .context("building the HTTP client")?;
         let pacs_store = Arc::new(SqlPacsStore::new(db.clone()));
         pacs::secrets::seal_plaintext_everywhere(pacs_store.as_ref(), &secrets).await?;
+        let pacs = Arc::new(PacsService::new(pacs_store, secrets, http));
+        let studies: Arc<dyn StudyStore> = Arc::new(SqlStudyStore::new(db.clone()));
+        let sync = Arc::new(SyncService::new(
+            pacs.clone(),
+            studies.clone(),
+            Arc::new(SqlSyncStore::new(db.clone())),
+            SyncSettings::from_config(config)?,
+        ));
         let state = AppState {
-            pacs: Arc::new(PacsService::new(pacs_store, secrets, http)),
-            studies: Arc::new(SqlStudyStore::new(db.clone())),
+            pacs,
+            studies,
+            sync,
             db,
             token_keys,
             metrics: Arc::default(),
@@ -90,9 +102,19 @@ impl Application {
     /// Serves until `shutdown` completes, then finishes in-flight requests and closes the pool.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let db = self.state.db.clone();
-        tracing::info!(addr = %self.local_addr(), database = db.backend(), "radiology service listening");
-        http::serve(self.listener, self.state, shutdown).await?;
+        let sync = self.state.sync.clone();
+        let workers = if sync.settings().enabled { sync.spawn_workers() } else { Vec::new() };
+        tracing::info!(addr = %self.local_addr(), database = db.backend(), sync_workers = workers.len(), "radiology service listening");
+        let served = http::serve(self.listener, self.state, shutdown).await;
+        // Running syncs checkpoint and release their leases at the next window.
+        sync.stop();
+        for worker in workers {
+            if tokio::time::timeout(std::time::Duration::from_secs(30), worker).await.is_err() {
+                tracing::warn!("a sync worker did not stop within 30 s");
+            }
+        }
         db.close().await;
+        served?;
         tracing::info!("radiology service stopped");
         Ok(())
     }

@@ -5,6 +5,7 @@
 //! query once per backend at compile time. Only what truly differs (row leases,
 //! JSONB operators, COPY) is written per backend.
 
+use std::future::Future;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -123,6 +124,28 @@ impl Db {
 
     pub async fn close(&self) {
         on_db!(self, pool => pool.close().await)
+    }
+}
+
+/// Starts a transaction that will write. SQLite takes the write lock up front
+/// (`BEGIN IMMEDIATE`), so two writers never deadlock upgrading read locks.
+pub async fn begin_write<DB: WriteBegin>(pool: &sqlx::Pool<DB>) -> Result<sqlx::Transaction<'static, DB>, sqlx::Error> {
+    DB::begin_write(pool).await
+}
+
+pub trait WriteBegin: sqlx::Database {
+    fn begin_write(pool: &sqlx::Pool<Self>) -> impl Future<Output = Result<sqlx::Transaction<'static, Self>, sqlx::Error>> + Send;
+}
+
+impl WriteBegin for sqlx::Postgres {
+    fn begin_write(pool: &sqlx::Pool<Self>) -> impl Future<Output = Result<sqlx::Transaction<'static, Self>, sqlx::Error>> + Send {
+        pool.begin()
+    }
+}
+
+impl WriteBegin for sqlx::Sqlite {
+    fn begin_write(pool: &sqlx::Pool<Self>) -> impl Future<Output = Result<sqlx::Transaction<'static, Self>, sqlx::Error>> + Send {
+        pool.begin_with("BEGIN IMMEDIATE")
     }
 }
 

@@ -29,6 +29,7 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi_json))
         .merge(crate::pacs::routes::router())
         .merge(crate::studies::routes::router())
+        .merge(crate::studies::sync::routes::router())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)

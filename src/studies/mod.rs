@@ -2,8 +2,10 @@
 //! its FHIR R4 ImagingStudy in `payload`. Rows arrive by QIDO-RS sync, `$import`, or
 //! the legacy `radiology_pacs` migration.
 
+pub mod mapping;
 pub mod routes;
 pub mod store;
+pub mod sync;
 
 pub use store::{SqlStudyStore, StudyRow, StudyStore};
 

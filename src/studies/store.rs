@@ -9,6 +9,7 @@ use uuid::Uuid;
 use crate::auth::TenantId;
 use crate::db::error::StoreResult;
 use crate::db::{Db, StoreError};
+use crate::db::begin_write;
 use crate::on_db;
 use crate::pagination::{Cursor, PageRequest};
 
@@ -50,8 +51,67 @@ pub struct StudyFilter {
     pub status: Option<String>,
 }
 
+/// A study as a source (QIDO-RS sync, import) describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StudyUpsert {
+    pub study_instance_uid: String,
+    pub patient_id: Option<String>,
+    pub accession_number: Option<String>,
+    pub modality: Option<String>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub status: String,
+    pub pacs_endpoint_id: Option<Uuid>,
+    pub description: Option<String>,
+    pub number_of_series: Option<i32>,
+    pub number_of_instances: Option<i32>,
+    /// The FHIR ImagingStudy without `id` and `meta.versionId`/`meta.lastUpdated`.
+    pub payload: Value,
+}
+
+impl StudyUpsert {
+    /// True when `row` already says everything this upsert says.
+    fn matches(&self, row: &StudyRow) -> bool {
+        row.patient_id == self.patient_id
+            && row.accession_number == self.accession_number
+            && row.modality == self.modality
+            && row.started_at == self.started_at
+            && row.status == self.status
+            && row.pacs_endpoint_id == self.pacs_endpoint_id
+            && row.description == self.description
+            && row.number_of_series == self.number_of_series
+            && row.number_of_instances == self.number_of_instances
+            && row.payload.as_ref().map(|p| &p.0) == Some(&self.payload)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpsertOutcome {
+    Created(Uuid),
+    Updated(Uuid),
+    Unchanged(Uuid),
+}
+
+/// One stored version of a study (FHIR vread).
+#[derive(Debug, Clone, sqlx::FromRow, PartialEq)]
+pub struct StudyVersion {
+    pub study_id: Uuid,
+    pub version: i32,
+    pub status: String,
+    pub payload: Option<Json<Value>>,
+    pub recorded_at: DateTime<Utc>,
+}
+
 #[async_trait]
 pub trait StudyStore: Send + Sync {
+    /// Creates the study, or updates it (version + 1) when anything changed; an
+    /// unchanged study is not rewritten. Idempotent by (tenant, Study Instance UID),
+    /// and safe under concurrent callers.
+    async fn upsert(&self, tenant: TenantId, study: &StudyUpsert) -> StoreResult<UpsertOutcome>;
+    /// Studies of an endpoint (created, updated) since `since`: the exact outcome of a
+    /// sync run, whatever restarts it went through.
+    async fn count_changes_since(&self, tenant: TenantId, endpoint: Uuid, since: DateTime<Utc>) -> StoreResult<(i64, i64)>;
+    /// One version of a study, as it was.
+    async fn get_version(&self, tenant: TenantId, id: Uuid, version: i32) -> StoreResult<StudyVersion>;
     /// Inserts a study; the same Study Instance UID twice in a tenant is a `Conflict`.
     async fn insert(&self, tenant: TenantId, row: &StudyRow) -> StoreResult<()>;
     async fn get(&self, tenant: TenantId, id: Uuid) -> StoreResult<StudyRow>;
@@ -89,6 +149,85 @@ impl StudyStore for SqlStudyStore {
             .bind(row.created_at).bind(row.updated_at)
             .execute(pool).await.map(|r| r.rows_affected()))?;
         Ok(())
+    }
+
+    #[tracing::instrument(skip_all, fields(tenant_id = %tenant))]
+    async fn upsert(&self, tenant: TenantId, study: &StudyUpsert) -> StoreResult<UpsertOutcome> {
+        let select = format!("SELECT {COLUMNS} FROM imaging_studies WHERE tenant_id = $1 AND pacs_study_uid = $2");
+        let insert = format!(
+            "INSERT INTO imaging_studies ({COLUMNS}) VALUES \
+             ($1, $2, $3, NULL, NULL, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1, $14, $14) \
+             ON CONFLICT (tenant_id, pacs_study_uid) DO NOTHING"
+        );
+        let update = "UPDATE imaging_studies SET patient_id = $3, accession_number = $4, modality = $5, started_at = $6, \
+                      status = $7, pacs_endpoint_id = $8, description = $9, number_of_series = $10, \
+                      number_of_instances = $11, payload = $12, version = version + 1, updated_at = $13 \
+                      WHERE tenant_id = $1 AND id = $2 AND version = $14";
+        let history = "INSERT INTO imaging_study_versions (tenant_id, study_id, version, status, payload, recorded_at) \
+                       VALUES ($1, $2, $3, $4, $5, $6)";
+        let payload = Json(&study.payload);
+        on_db!(&self.db, pool => async {
+            // A lost race (another writer inserted or updated first) is retried.
+            for _ in 0..5 {
+                let now = crate::db::now();
+                let mut tx = begin_write(pool).await?;
+                let existing = sqlx::query_as::<_, StudyRow>(&select)
+                    .bind(tenant.0).bind(&study.study_instance_uid).fetch_optional(&mut *tx).await?;
+                match existing {
+                    Some(row) if study.matches(&row) => return Ok(UpsertOutcome::Unchanged(row.id)),
+                    Some(row) => {
+                        let n = sqlx::query(update)
+                            .bind(tenant.0).bind(row.id).bind(&study.patient_id).bind(&study.accession_number)
+                            .bind(&study.modality).bind(study.started_at).bind(&study.status).bind(study.pacs_endpoint_id)
+                            .bind(&study.description).bind(study.number_of_series).bind(study.number_of_instances)
+                            .bind(&payload).bind(now).bind(row.version)
+                            .execute(&mut *tx).await?.rows_affected();
+                        if n == 0 {
+                            continue;
+                        }
+                        sqlx::query(history).bind(tenant.0).bind(row.id).bind(row.version + 1).bind(&study.status)
+                            .bind(&payload).bind(now).execute(&mut *tx).await?;
+                        tx.commit().await?;
+                        return Ok(UpsertOutcome::Updated(row.id));
+                    }
+                    None => {
+                        let id = Uuid::new_v4();
+                        let n = sqlx::query(&insert)
+                            .bind(id).bind(tenant.0).bind(&study.patient_id).bind(&study.accession_number)
+                            .bind(&study.modality).bind(study.started_at).bind(&study.status)
+                            .bind(&study.study_instance_uid).bind(study.pacs_endpoint_id).bind(&study.description)
+                            .bind(study.number_of_series).bind(study.number_of_instances).bind(&payload).bind(now)
+                            .execute(&mut *tx).await?.rows_affected();
+                        if n == 0 {
+                            continue;
+                        }
+                        sqlx::query(history).bind(tenant.0).bind(id).bind(1).bind(&study.status)
+                            .bind(&payload).bind(now).execute(&mut *tx).await?;
+                        tx.commit().await?;
+                        return Ok(UpsertOutcome::Created(id));
+                    }
+                }
+            }
+            Err(StoreError::Conflict(format!("study {} kept changing under concurrent writers", study.study_instance_uid)))
+        }.await)
+    }
+
+    async fn count_changes_since(&self, tenant: TenantId, endpoint: Uuid, since: DateTime<Utc>) -> StoreResult<(i64, i64)> {
+        let sql = "SELECT COALESCE(SUM(CASE WHEN created_at >= $3 THEN 1 ELSE 0 END), 0), \
+                          COALESCE(SUM(CASE WHEN created_at < $3 THEN 1 ELSE 0 END), 0) \
+                   FROM imaging_studies WHERE tenant_id = $1 AND pacs_endpoint_id = $2 AND updated_at >= $3";
+        let counts: (i64, i64) = on_db!(&self.db, pool => sqlx::query_as(sql)
+            .bind(tenant.0).bind(endpoint).bind(since).fetch_one(pool).await)?;
+        Ok(counts)
+    }
+
+    #[tracing::instrument(skip_all, fields(tenant_id = %tenant, study_id = %id))]
+    async fn get_version(&self, tenant: TenantId, id: Uuid, version: i32) -> StoreResult<StudyVersion> {
+        let sql = "SELECT study_id, version, status, payload, recorded_at FROM imaging_study_versions \
+                   WHERE tenant_id = $1 AND study_id = $2 AND version = $3";
+        let row = on_db!(&self.db, pool => sqlx::query_as::<_, StudyVersion>(sql)
+            .bind(tenant.0).bind(id).bind(version).fetch_optional(pool).await)?;
+        row.ok_or(StoreError::NotFound)
     }
 
     #[tracing::instrument(skip_all, fields(tenant_id = %tenant, study_id = %id))]

@@ -92,14 +92,29 @@ impl Orthanc {
 
     /// Stores one instance of a new study for `patient_id`; returns its Study Instance UID.
     pub async fn create_study(&self, patient_id: &str, accession: &str, date: &str, modality: &str, description: &str) -> String {
+        let seconds = (Uuid::new_v4().as_u128() % 86_400) as u32;
+        let time = format!("{:02}{:02}{:02}", seconds / 3600, seconds / 60 % 60, seconds % 60);
+        self.create_study_at(patient_id, accession, date, &time, modality, description).await
+    }
+
+    /// As `create_study`, at a given StudyTime (HHMMSS).
+    pub async fn create_study_at(&self, patient_id: &str, accession: &str, date: &str, time: &str, modality: &str, description: &str) -> String {
         let uid = format!("2.25.{}", Uuid::new_v4().as_u128());
+        self.add_series(&uid, patient_id, accession, date, time, modality, description).await;
+        uid
+    }
+
+    /// Stores one instance of a new series in study `uid` (creating the study if new).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn add_series(&self, uid: &str, patient_id: &str, accession: &str, date: &str, time: &str, modality: &str, description: &str) {
+        let series = format!("{uid}.{}", Uuid::new_v4().as_u128() % 1_000_000_000);
         let body = serde_json::json!({
             "Force": true,
             "Tags": {
                 "PatientID": patient_id, "PatientName": "Test^Patient", "StudyInstanceUID": uid,
-                "SeriesInstanceUID": format!("{uid}.1"), "SOPInstanceUID": format!("{uid}.1.1"),
+                "SeriesInstanceUID": series, "SOPInstanceUID": format!("{series}.1"),
                 "SOPClassUID": "1.2.840.10008.5.1.4.1.1.2", "AccessionNumber": accession, "StudyDate": date,
-                "StudyTime": "101500", "Modality": modality, "StudyDescription": description
+                "StudyTime": time, "Modality": modality, "StudyDescription": description
             }
         });
         let response = reqwest::Client::new()
@@ -110,7 +125,20 @@ impl Orthanc {
             .await
             .expect("Orthanc answers");
         assert!(response.status().is_success(), "create-dicom: {}", response.text().await.unwrap_or_default());
-        uid
+    }
+
+    /// Every Study Instance UID the PACS holds (Orthanc's REST API, not DICOMweb).
+    pub async fn all_study_uids(&self) -> std::collections::HashSet<String> {
+        let studies: Vec<Value> = reqwest::Client::new()
+            .get(format!("{}/studies?expand", self.url))
+            .basic_auth(&self.user, Some(&self.password))
+            .send()
+            .await
+            .expect("Orthanc answers")
+            .json()
+            .await
+            .expect("Orthanc JSON");
+        studies.iter().map(|s| s["MainDicomTags"]["StudyInstanceUID"].as_str().unwrap().to_string()).collect()
     }
 }
 
@@ -154,6 +182,7 @@ pub struct TestApp {
     pub tenant: Uuid,
     pub other_tenant: Uuid,
     pub db: Db,
+    pub state: radiology::AppState,
     keys: TokenKeys,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -194,6 +223,9 @@ impl TestApp {
             jwt_secret: Some(SecretString::new(JWT_SECRET)),
             secret_key: Some(SecretString::new("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")),
             db_max_connections: 5,
+            // Tests drive sync directly (`state.sync.run_until_idle()`), not in the background.
+            sync_enabled: false,
+            sync_lease_seconds: 2,
             ..Config::default()
         }
     }
@@ -203,6 +235,7 @@ impl TestApp {
         let app = radiology::Application::build(&config).await.expect("application builds");
         let addr = app.local_addr();
         let db = app.state().db.clone();
+        let state = app.state().clone();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until(async move {
             let _ = rx.await;
@@ -214,6 +247,7 @@ impl TestApp {
             other_tenant: Uuid::new_v4(),
             keys: TokenKeys::new(JWT_SECRET.as_bytes()),
             db,
+            state,
             shutdown: Some(tx),
             server: Some(server),
             _dir: None,

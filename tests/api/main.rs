@@ -10,3 +10,4 @@ mod pacs_endpoints;
 mod secrets;
 mod security;
 mod store_conformance;
+mod sync;

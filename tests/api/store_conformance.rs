@@ -182,3 +182,66 @@ async fn system_sweep_sees_every_tenant_and_replaces_only_the_named_row() {
     assert_eq!(store.get(a, ra.id).await.unwrap().auth_config.unwrap().0, json!({"token": "x"}));
     assert_eq!(store.get(b, rb.id).await.unwrap().auth_config, rb.auth_config, "another tenant's row is untouched");
 }
+
+fn upsert_of(uid: &str, series: i32) -> radiology::studies::store::StudyUpsert {
+    radiology::studies::store::StudyUpsert {
+        study_instance_uid: uid.into(),
+        patient_id: Some("P1".into()),
+        accession_number: Some("A1".into()),
+        modality: Some("CT".into()),
+        started_at: Some(radiology::db::now()),
+        status: "available".into(),
+        pacs_endpoint_id: None,
+        description: None,
+        number_of_series: Some(series),
+        number_of_instances: Some(series * 10),
+        payload: json!({"resourceType": "ImagingStudy", "status": "available", "numberOfSeries": series}),
+    }
+}
+
+#[tokio::test]
+async fn upsert_creates_then_leaves_unchanged_then_versions_a_change() {
+    use radiology::studies::store::UpsertOutcome;
+    let (db, _dir) = db().await;
+    let store = SqlStudyStore::new(db);
+    let a = TenantId(Uuid::new_v4());
+    let first = upsert_of("1.2.840.5", 1);
+    let UpsertOutcome::Created(id) = store.upsert(a, &first).await.unwrap() else { panic!("created") };
+    assert_eq!(store.upsert(a, &first).await.unwrap(), UpsertOutcome::Unchanged(id));
+    let row = store.get(a, id).await.unwrap();
+    assert_eq!(row.version, 1);
+    let mut changed = first.clone();
+    changed.number_of_series = Some(2);
+    changed.payload["numberOfSeries"] = json!(2);
+    assert_eq!(store.upsert(a, &changed).await.unwrap(), UpsertOutcome::Updated(id));
+    let row = store.get(a, id).await.unwrap();
+    assert_eq!((row.version, row.number_of_series), (2, Some(2)));
+    assert!(row.updated_at >= row.created_at);
+    assert_eq!(store.get_version(a, id, 1).await.unwrap().payload.unwrap().0["numberOfSeries"], 1);
+    assert_eq!(store.get_version(a, id, 2).await.unwrap().payload.unwrap().0["numberOfSeries"], 2);
+    assert!(matches!(store.get_version(a, id, 3).await, Err(StoreError::NotFound)));
+    assert!(matches!(store.get_version(TenantId(Uuid::new_v4()), id, 1).await, Err(StoreError::NotFound)));
+}
+
+#[tokio::test]
+async fn concurrent_upserts_of_one_new_study_create_exactly_one_row() {
+    use radiology::studies::store::UpsertOutcome;
+    let (db, _dir) = db().await;
+    let store = std::sync::Arc::new(SqlStudyStore::new(db));
+    let a = TenantId(Uuid::new_v4());
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.upsert(a, &upsert_of("1.2.840.77", 1)).await.unwrap() })
+        })
+        .collect();
+    let mut created = 0;
+    for t in tasks {
+        if matches!(t.await.unwrap(), UpsertOutcome::Created(_)) {
+            created += 1;
+        }
+    }
+    assert_eq!(created, 1);
+    let rows = store.list(a, &StudyFilter::default(), &page(50)).await.unwrap();
+    assert_eq!(rows.len(), 1);
+}

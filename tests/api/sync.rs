@@ -1,0 +1,338 @@
+//! QIDO-RS study sync against the real Orthanc: completeness without duplicates,
+//! incremental polls, changes, a kill -9 mid-sync, two processes on one database,
+//! degraded endpoints, and malformed items.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use chrono::{Days, Utc};
+use futures_util::StreamExt;
+use radiology::config::Config;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::helpers::{endpoint_body, fresh_database, Orthanc, TestApp};
+
+fn patient() -> String {
+    format!("SYNC-{}", &Uuid::new_v4().simple().to_string()[..10])
+}
+
+/// `n` studies for `patient`, one every `step_days` days back from 2025-06-30.
+async fn seed(orthanc: &Orthanc, patient: &str, n: usize, step_days: u64) -> HashSet<String> {
+    let start = chrono::NaiveDate::from_ymd_opt(2025, 6, 30).unwrap();
+    futures_util::stream::iter(0..n)
+        .map(|i| {
+            let date = (start - Days::new(i as u64 * step_days)).format("%Y%m%d").to_string();
+            let time = format!("{:02}{:02}00", 7 + i % 12, (i * 7) % 60);
+            async move { orthanc.create_study_at(patient, &format!("ACC-{i}"), &date, &time, ["CT", "MR", "US"][i % 3], &format!("STUDY {i}")).await }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await
+}
+
+async fn stored_uids(app: &TestApp, tenant: Uuid) -> Vec<String> {
+    radiology::on_db!(&app.db, pool => sqlx::query_scalar::<_, String>(
+        "SELECT pacs_study_uid FROM imaging_studies WHERE tenant_id = $1").bind(tenant).fetch_all(pool).await).unwrap()
+}
+
+async fn app_with(config: impl FnOnce(&mut Config)) -> (TestApp, tempfile::TempDir, Config) {
+    let (url, dir) = fresh_database().await;
+    let mut c = Config { data_dir: dir.path().into(), ..TestApp::config_for(&url) };
+    config(&mut c);
+    (TestApp::spawn_with(c.clone()).await, dir, c)
+}
+
+async fn sync_status(app: &TestApp, id: &str) -> Value {
+    let r = app.get(&format!("/v1/radiology/pacs-endpoints/{id}/sync"), &app.reader()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    r.json()
+}
+
+#[tokio::test]
+async fn a_full_sync_stores_every_study_once_across_many_dates_and_a_second_run_rewrites_nothing() {
+    let Some(orthanc) = Orthanc::from_env() else { return };
+    let p = patient();
+    let ours = seed(&orthanc, &p, 300, 3).await;
+    let on_pacs = orthanc.all_study_uids().await;
+    // A small result cap and page size force window splits and paging.
+    let (app, _dir, _) = app_with(|c| {
+        c.sync_max_results = 25;
+        c.sync_page_size = 10;
+        c.sync_backfill_since = "2015-01-01".into();
+    })
+    .await;
+    let endpoint = app.create_endpoint(&endpoint_body("orthanc", &orthanc.dicomweb_url(), &orthanc.user, &orthanc.password)).await;
+    let id = endpoint["id"].as_str().unwrap().to_string();
+    assert_eq!(sync_status(&app, &id).await["state"], "pending");
+
+    let reports = app.state.sync.run_until_idle().await.unwrap();
+    assert_eq!(reports.len(), 1);
+    let report = &reports[0];
+    assert!(report.ok && report.failed == 0, "{report:?}");
+    assert!(report.windows > 10, "the cap split the history into many windows: {report:?}");
+
+    let stored = stored_uids(&app, app.tenant).await;
+    let distinct: HashSet<String> = stored.iter().cloned().collect();
+    assert_eq!(stored.len(), distinct.len(), "no study stored twice");
+    let missing: Vec<_> = on_pacs.difference(&distinct).collect();
+    assert!(missing.is_empty(), "{} studies on the PACS were not synced: {missing:?}", missing.len());
+    assert_eq!(report.created as usize, stored.len(), "created counts what was stored");
+
+    // The REST index pages through the patient's 300 studies.
+    let mut listed = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page = app.get(&format!("/v1/radiology/imaging-studies?patient_id={p}&limit=120{cursor}"), &app.reader()).await.json();
+        listed.extend(page["items"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = format!("&cursor={c}"),
+            None => break,
+        }
+    }
+    let listed_uids: HashSet<String> = listed.iter().map(|s| s["study_instance_uid"].as_str().unwrap().to_string()).collect();
+    assert_eq!(listed_uids, ours);
+    assert!(listed.iter().all(|s| s["status"] == "available" && s["version"] == 1 && s["pacs_endpoint_id"] == json!(id)));
+    let s = listed.iter().find(|s| s["accession_number"] == "ACC-4").unwrap();
+    assert_eq!(s["modality"], "MR");
+    assert_eq!(s["started_at"], "2025-06-18T11:28:00Z");
+    assert_eq!(s["description"], "STUDY 4");
+    assert_eq!(s["fhir"]["identifier"][0]["value"], format!("urn:oid:{}", s["study_instance_uid"].as_str().unwrap()));
+
+    let status = sync_status(&app, &id).await;
+    assert_eq!(status["state"], "idle");
+    assert_eq!(status["phase"], "incremental");
+    assert!(status["watermark"].is_string());
+    assert_eq!(status["counts"]["created"], json!(report.created));
+    assert_eq!(status["last_run"]["seen"], json!(report.seen));
+
+    // A full re-backfill rewrites nothing unchanged. (Other tests share this Orthanc, so
+    // studies they add meanwhile are legitimately created; ours must stay at version 1.)
+    let r = app.post(&format!("/v1/radiology/pacs-endpoints/{id}/sync?full=true"), &app.admin(), &json!({})).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let again = app.state.sync.run_until_idle().await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].phase, radiology::studies::sync::Phase::Backfill);
+    let after: HashSet<String> = stored_uids(&app, app.tenant).await.into_iter().collect();
+    let new: HashSet<&String> = after.difference(&distinct).collect();
+    assert_eq!(again[0].created as usize, new.len(), "{:?}", again[0]);
+    assert!(new.iter().all(|uid| !on_pacs.contains(*uid)), "only studies added since the first run are created");
+    let ours_after = app.get(&format!("/v1/radiology/imaging-studies?patient_id={p}&limit=500"), &app.reader()).await.json();
+    assert!(ours_after["items"].as_array().unwrap().iter().all(|s| s["version"] == 1), "unchanged studies are not rewritten");
+}
+
+#[tokio::test]
+async fn an_incremental_poll_picks_up_a_new_study_and_a_changed_one_bumps_its_version() {
+    let Some(orthanc) = Orthanc::from_env() else { return };
+    let p = patient();
+    let today = Utc::now().date_naive().format("%Y%m%d").to_string();
+    let changing = orthanc.create_study_at(&p, "ACC-CHG", &today, "093000", "CT", "CT ABDOMEN").await;
+    let (app, _dir, _) = app_with(|c| c.sync_backfill_since = "2024-01-01".into()).await;
+    let endpoint = app.create_endpoint(&endpoint_body("orthanc", &orthanc.dicomweb_url(), &orthanc.user, &orthanc.password)).await;
+    let id = endpoint["id"].as_str().unwrap().to_string();
+    app.state.sync.run_until_idle().await.unwrap();
+    let before = app.get(&format!("/v1/radiology/imaging-studies?study_instance_uid={changing}"), &app.reader()).await.json();
+    assert_eq!(before["items"][0]["number_of_series"], 1);
+
+    // Nothing is due before the interval; a new study and a new series then appear.
+    assert!(app.state.sync.run_until_idle().await.unwrap().is_empty(), "not due yet");
+    let added = orthanc.create_study(&p, "ACC-NEW", &today, "US", "US LIVER").await;
+    orthanc.add_series(&changing, &p, "ACC-CHG", &today, "093000", "CT", "CT ABDOMEN").await;
+    let r = app.post(&format!("/v1/radiology/pacs-endpoints/{id}/sync"), &app.admin(), &json!({})).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let reports = app.state.sync.run_until_idle().await.unwrap();
+    assert_eq!(reports[0].phase, radiology::studies::sync::Phase::Incremental);
+    assert_eq!((reports[0].created, reports[0].updated), (1, 1), "{:?}", reports[0]);
+
+    let new = app.get(&format!("/v1/radiology/imaging-studies?study_instance_uid={added}"), &app.reader()).await.json();
+    assert_eq!(new["items"][0]["version"], 1);
+    let changed = app.get(&format!("/v1/radiology/imaging-studies?study_instance_uid={changing}"), &app.reader()).await.json();
+    let changed = &changed["items"][0];
+    assert_eq!(changed["version"], 2);
+    assert_eq!(changed["number_of_series"], 2);
+    assert_eq!(changed["fhir"]["numberOfSeries"], 2);
+    let study_id = Uuid::parse_str(changed["id"].as_str().unwrap()).unwrap();
+    let tenant = radiology::auth::TenantId(app.tenant);
+    let v1 = app.state.studies.get_version(tenant, study_id, 1).await.unwrap();
+    let v2 = app.state.studies.get_version(tenant, study_id, 2).await.unwrap();
+    assert_eq!(v1.payload.unwrap().0["numberOfSeries"], 1, "version 1 is kept as it was");
+    assert_eq!(v2.payload.unwrap().0["numberOfSeries"], 2);
+}
+
+/// A real `radiology serve` is killed with SIGKILL mid-sync; after restart the run
+/// resumes from its checkpoint, completes, and its counts are exact.
+#[tokio::test]
+async fn kill_9_mid_sync_then_restart_resumes_without_loss_or_duplicates() {
+    let Some(orthanc) = Orthanc::from_env() else { return };
+    seed(&orthanc, &patient(), 150, 2).await;
+    let on_pacs = orthanc.all_study_uids().await;
+    let (url, dir) = fresh_database().await;
+    let config = Config {
+        data_dir: dir.path().into(),
+        sync_max_results: 20,
+        sync_page_size: 5,
+        sync_backfill_since: "2015-01-01".into(),
+        ..TestApp::config_for(&url)
+    };
+    let app = TestApp::spawn_with(config.clone()).await;
+    let endpoint = app.create_endpoint(&endpoint_body("orthanc", &orthanc.dicomweb_url(), &orthanc.user, &orthanc.password)).await;
+    let id = Uuid::parse_str(endpoint["id"].as_str().unwrap()).unwrap();
+    let tenant = app.tenant;
+    app.stop().await;
+
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_radiology"))
+        .arg("serve")
+        .env("RADIOLOGY_DATABASE_URL", &url)
+        .env("RADIOLOGY_DATA_DIR", dir.path())
+        .env("RADIOLOGY_HTTP_ADDR", "127.0.0.1:0")
+        .env("RADIOLOGY_JWT_SECRET", crate::helpers::JWT_SECRET)
+        .env("RADIOLOGY_SECRET_KEY", config.secret_key.as_ref().unwrap().expose())
+        .env("RADIOLOGY_SYNC_MAX_RESULTS", "20")
+        .env("RADIOLOGY_SYNC_PAGE_SIZE", "5")
+        .env("RADIOLOGY_SYNC_LEASE_SECONDS", "2")
+        .env("RADIOLOGY_SYNC_BACKFILL_SINCE", "2015-01-01")
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("radiology serve starts");
+
+    // Wait until the child has checkpointed part of the run, then SIGKILL it.
+    let db = radiology::db::Db::connect(&url, 2).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let progress: Option<Option<String>> = radiology::on_db!(&db, pool => sqlx::query_scalar(
+            "SELECT CAST(progress AS TEXT) FROM pacs_sync_state WHERE endpoint_id = $1").bind(id).fetch_optional(pool).await).unwrap();
+        if let Some(Some(p)) = progress {
+            let p: Value = serde_json::from_str(&p).unwrap();
+            if p["counts"]["seen"].as_i64().unwrap_or(0) > 20 {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the child never got mid-way through the sync");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().unwrap();
+    let midway = stored_uids_db(&db, tenant).await;
+    assert!(midway.len() < on_pacs.len(), "killed mid-sync ({} of {} stored)", midway.len(), on_pacs.len());
+
+    // Restart: once the dead process's lease expires, the run resumes and completes.
+    let mut app = TestApp::spawn_with(config).await;
+    app.tenant = tenant;
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let reports = app.state.sync.run_until_idle().await.unwrap();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert!(reports[0].ok);
+    let stored = stored_uids_db(&db, tenant).await;
+    let distinct: HashSet<String> = stored.iter().cloned().collect();
+    assert_eq!(stored.len(), distinct.len(), "no duplicates after the crash");
+    let missing: Vec<_> = on_pacs.difference(&distinct).collect();
+    assert!(missing.is_empty(), "not synced: {missing:?}; run: {:?}", reports[0]);
+    assert_eq!(reports[0].created as usize, stored.len(), "the resumed run's count is exact");
+    assert_eq!(sync_status(&app, &id.to_string()).await["counts"]["created"], json!(stored.len()));
+    db.close().await;
+}
+
+async fn stored_uids_db(db: &radiology::db::Db, tenant: Uuid) -> Vec<String> {
+    radiology::on_db!(db, pool => sqlx::query_scalar::<_, String>(
+        "SELECT pacs_study_uid FROM imaging_studies WHERE tenant_id = $1").bind(tenant).fetch_all(pool).await).unwrap()
+}
+
+/// Two service processes (two lease owners) on one database: every endpoint is
+/// synced exactly once, by one of them.
+#[tokio::test]
+async fn two_processes_share_the_work_without_syncing_an_endpoint_twice() {
+    let Some(orthanc) = Orthanc::from_env() else { return };
+    let (url, dir) = fresh_database().await;
+    let config = Config { data_dir: dir.path().into(), sync_backfill_since: "2020-01-01".into(), ..TestApp::config_for(&url) };
+    let a = TestApp::spawn_with(config.clone()).await;
+    let b = TestApp::spawn_with(config).await;
+    let mut endpoints = HashSet::new();
+    let mut tenants = Vec::new();
+    for i in 0..4 {
+        let tenant = Uuid::new_v4();
+        let token = a.token_for(tenant, &["radiology.admin"]);
+        let r = a.post("/v1/radiology/pacs-endpoints", &token, &endpoint_body(&format!("n{i}"), &orthanc.dicomweb_url(), &orthanc.user, &orthanc.password)).await;
+        assert_eq!(r.status, StatusCode::CREATED);
+        endpoints.insert(Uuid::parse_str(r.json()["id"].as_str().unwrap()).unwrap());
+        tenants.push(tenant);
+    }
+    let (ra, rb) = tokio::join!(a.state.sync.run_until_idle(), b.state.sync.run_until_idle());
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    let synced: Vec<Uuid> = ra.iter().chain(rb.iter()).map(|r| r.endpoint_id).collect();
+    assert_eq!(synced.len(), 4, "each endpoint synced once: a={} b={}", ra.len(), rb.len());
+    assert_eq!(synced.iter().copied().collect::<HashSet<_>>(), endpoints);
+    for tenant in tenants {
+        let uids = stored_uids(&a, tenant).await;
+        assert_eq!(uids.len(), uids.iter().collect::<HashSet<_>>().len(), "no duplicates in tenant {tenant}");
+        assert!(!uids.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn a_failing_endpoint_becomes_degraded_while_others_continue() {
+    let Some(orthanc) = Orthanc::from_env() else { return };
+    let (app, _dir, _) = app_with(|c| c.sync_backfill_since = "2024-01-01".into()).await;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let bad = app.create_endpoint(&endpoint_body("down", &format!("http://127.0.0.1:{closed}/dicom-web"), "u", "p")).await;
+    let bad_id = bad["id"].as_str().unwrap().to_string();
+    let good = app.create_endpoint(&endpoint_body("up", &orthanc.dicomweb_url(), &orthanc.user, &orthanc.password)).await;
+    let good_id = good["id"].as_str().unwrap().to_string();
+    for attempt in 1..=3 {
+        app.post(&format!("/v1/radiology/pacs-endpoints/{bad_id}/sync"), &app.admin(), &json!({})).await;
+        let reports = app.state.sync.run_until_idle().await.unwrap();
+        assert!(reports.iter().any(|r| r.endpoint_id.to_string() == bad_id && !r.ok), "attempt {attempt}: {reports:?}");
+    }
+    let status = sync_status(&app, &bad_id).await;
+    assert_eq!(status["state"], "degraded", "{status:#}");
+    assert_eq!(status["consecutive_failures"], 3);
+    assert!(status["last_error"].as_str().unwrap().contains("connection refused"), "{status:#}");
+    let next: chrono::DateTime<Utc> = status["next_run_at"].as_str().unwrap().parse().unwrap();
+    assert!(next > Utc::now(), "backed off");
+    let good_status = sync_status(&app, &good_id).await;
+    assert_eq!(good_status["state"], "idle", "{good_status:#}");
+    assert!(good_status["counts"]["created"].as_i64().unwrap() > 0);
+}
+
+#[tokio::test]
+async fn sync_control_is_tenant_scoped_and_needs_admin_to_start() {
+    let app = TestApp::spawn().await;
+    let e = app.create_endpoint(&endpoint_body("n", "http://127.0.0.1:9/dicom-web", "u", "p")).await;
+    let path = format!("/v1/radiology/pacs-endpoints/{}/sync", e["id"].as_str().unwrap());
+    assert_eq!(app.post(&path, &app.reader(), &json!({})).await.status, StatusCode::FORBIDDEN);
+    let other = app.token_for(app.other_tenant, &["radiology.admin"]);
+    assert_eq!(app.get(&path, &other).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(app.post(&path, &other, &json!({})).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(app.post(&format!("{path}?full=maybe"), &app.admin(), &json!({})).await.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let r = app.post(&format!("{path}?full=true"), &app.admin(), &json!({})).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    assert_eq!(r.json()["full_requested"], true);
+}
+
+/// A malformed QIDO item is skipped and counted with its reason; the page goes on.
+#[tokio::test]
+async fn malformed_items_are_skipped_and_counted() {
+    use wiremock::matchers::{method, query_param};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let server = MockServer::start().await;
+    let today = Utc::now().date_naive();
+    let range = format!("{}-{}", (today - Days::new(1)).format("%Y%m%d"), today.format("%Y%m%d"));
+    let item = |uid: &str| json!({"0020000D": {"vr": "UI", "Value": [uid]}, "00100020": {"vr": "LO", "Value": ["P1"]}});
+    let page = json!([item("1.2.3.1"), {"00100020": {"vr": "LO", "Value": ["P1"]}}, item("1.2.x"), item("1.2.3.2")]);
+    Mock::given(method("GET")).and(query_param("StudyDate", range.as_str())).and(query_param("offset", "0"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(page.to_string(), "application/dicom+json"))
+        .mount(&server).await;
+    Mock::given(method("GET")).respond_with(ResponseTemplate::new(204)).mount(&server).await;
+    let since = (today - Days::new(1)).format("%Y-%m-%d").to_string();
+    let (app, _dir, _) = app_with(|c| c.sync_backfill_since = since).await;
+    app.create_endpoint(&endpoint_body("mock", &format!("{}/dicom-web", server.uri()), "u", "p")).await;
+    let reports = app.state.sync.run_until_idle().await.unwrap();
+    let r = &reports[0];
+    assert!(r.ok, "{r:?}");
+    assert_eq!((r.seen, r.created, r.failed), (4, 2, 2), "{r:?}");
+    assert!(r.errors.iter().any(|e| e.contains("no Study Instance UID")), "{r:?}");
+    assert!(r.errors.iter().any(|e| e.contains("1.2.x")), "{r:?}");
+}
