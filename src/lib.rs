@@ -9,6 +9,7 @@ pub mod crypto;
 pub mod db;
 pub mod error;
 pub mod http;
+pub mod interop;
 pub mod keys;
 pub mod pacs;
 pub mod pagination;

@@ -16,6 +16,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{PgPool, SqlitePool};
 
 pub mod error;
+pub mod sql;
 pub use error::StoreError;
 
 /// The PostgreSQL schema everything lives in (the seed's SQL names it).

@@ -56,6 +56,10 @@ pub fn document() -> Value {
             query("study_instance_uid", "Study Instance UID (0020,000D).", json!({"type": "string"})),
             query("pacs_endpoint_id", "The PACS endpoint the study was found on.", json!({"type": "string", "format": "uuid"})),
             query("status", "ImagingStudy.status.", json!({"type": "string", "enum": crate::studies::STATUSES})),
+            query("modality", "A modality in the study (comma = any of).", json!({"type": "string"})),
+            query("started_from", "Started at or after (date or date-time).", json!({"type": "string"})),
+            query("started_to", "Started up to and including (date or date-time).", json!({"type": "string"})),
+            query("tag", "meta.tag code, or system|code (e.g. historical).", json!({"type": "string"})),
         ];
         p.extend(paging());
         p
@@ -65,7 +69,7 @@ pub fn document() -> Value {
         "info": {
             "title": "Radiology Service",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "PACS endpoint registration and connectivity tests, and the imaging study index. All /v1 routes take a bearer JWT (HS256) with tenant_id, sub, roles and exp; radiology.read may read, radiology.admin may also write. Another tenant's rows answer 404."
+            "description": "PACS endpoint registration, connectivity tests and QIDO-RS sync, and the imaging study index (also served as FHIR R4 under /fhir/r4, described by /fhir/r4/metadata). All /v1 routes take a bearer JWT (HS256) with tenant_id, sub, roles and exp; radiology.read may read, radiology.admin may also write. Another tenant's rows answer 404."
         },
         "security": [{"bearer": []}],
         "paths": {
@@ -112,6 +116,20 @@ pub fn document() -> Value {
                     "parameters": [query("patient_id", "Also query this patient's studies (all pages).", json!({"type": "string"}))],
                     "responses": with(problem_responses(&[("404", "No such endpoint")]), "200",
                         json!({"description": "The test report; `ok` says whether every step passed", "content": json_content("ConnectivityReport")}))
+                }
+            },
+            "/v1/radiology/pacs-endpoints/{id}/sync": {
+                "parameters": [id_param("PACS endpoint id")],
+                "get": {
+                    "operationId": "getPacsSync", "summary": "QIDO-RS sync state: phase, watermark, last run, counts, last error",
+                    "responses": with(problem_responses(&[("404", "No such endpoint")]), "200",
+                        json!({"description": "The sync state", "content": json_content("SyncStatus")}))
+                },
+                "post": {
+                    "operationId": "runPacsSync", "summary": "Sync now (needs radiology.admin); full=true re-backfills the whole history",
+                    "parameters": [query("full", "Re-backfill from the configured start instead of polling incrementally.", json!({"type": "boolean"}))],
+                    "responses": with(problem_responses(&[("404", "No such endpoint"), ("409", "The endpoint is inactive"), ("422", "Invalid full")]), "202",
+                        json!({"description": "Scheduled; the worker starts it at once", "content": json_content("SyncStatus")}))
                 }
             },
             "/v1/radiology/imaging-studies": {
@@ -192,6 +210,15 @@ fn components() -> Value {
                 "number_of_series": {"type": ["integer", "null"]}, "number_of_instances": {"type": ["integer", "null"]},
                 "version": {"type": "integer"}, "created_at": {"type": "string", "format": "date-time"}, "updated_at": {"type": "string", "format": "date-time"},
                 "fhir": {"description": "The FHIR R4 ImagingStudy resource", "type": ["object", "null"]}}},
+            "SyncStatus": {"type": "object", "properties": {
+                "endpoint_id": {"type": "string", "format": "uuid"},
+                "state": {"type": "string", "enum": ["pending", "idle", "running", "interrupted", "degraded", "inactive"]},
+                "phase": {"type": "string", "enum": ["backfill", "incremental"]},
+                "watermark": {"type": ["string", "null"], "format": "date-time"}, "next_run_at": {"type": ["string", "null"], "format": "date-time"},
+                "full_requested": {"type": "boolean"}, "consecutive_failures": {"type": "integer"}, "last_error": {"type": ["string", "null"]},
+                "last_run": {"type": ["object", "null"], "description": "started_at, finished_at, ok, seen, created, updated, failed, windows, errors"},
+                "counts": {"type": "object", "properties": {"seen": {"type": "integer"}, "created": {"type": "integer"}, "updated": {"type": "integer"}, "failed": {"type": "integer"}}},
+                "progress": {"type": ["object", "null"], "description": "Checkpoint of a run in progress or interrupted"}}},
             "ImagingStudyPage": {"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/ImagingStudy"}}, "next_cursor": {"type": ["string", "null"]}}}
         }
     })

@@ -2,6 +2,7 @@
 //! its FHIR R4 ImagingStudy in `payload`. Rows arrive by QIDO-RS sync, `$import`, or
 //! the legacy `radiology_pacs` migration.
 
+pub mod fhir;
 pub mod mapping;
 pub mod routes;
 pub mod store;

@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::store::{StudyFilter, StudyRow};
+use super::store::{Bound, StudyQuery, StudyRow};
 use crate::auth::{Role, TenantCtx};
 use crate::error::{ApiError, ApiResult, FieldError};
 use crate::http::{parse_uuid, reject_unknown_params};
@@ -47,6 +47,7 @@ pub struct StudyView {
 
 impl From<StudyRow> for StudyView {
     fn from(r: StudyRow) -> Self {
+        let fhir = Some(super::fhir::to_fhir(&r));
         StudyView {
             id: r.id,
             study_instance_uid: r.pacs_study_uid,
@@ -64,12 +65,56 @@ impl From<StudyRow> for StudyView {
             version: r.version,
             created_at: r.created_at,
             updated_at: r.updated_at,
-            fhir: r.payload.map(|j| j.0),
+            fhir,
         }
     }
 }
 
-const FILTERS: &[&str] = &["patient_id", "accession_number", "study_instance_uid", "pacs_endpoint_id", "status", "limit", "cursor"];
+const FILTERS: &[&str] = &[
+    "patient_id", "accession_number", "study_instance_uid", "modality", "started_from", "started_to", "status",
+    "pacs_endpoint_id", "tag", "limit", "cursor",
+];
+
+/// Reads the REST filters into the shared study query, naming every bad parameter.
+fn study_query(q: &HashMap<String, String>, errors: &mut Vec<FieldError>) -> StudyQuery {
+    reject_unknown_params(q.keys(), FILTERS, errors);
+    let mut query = StudyQuery {
+        patient_id: q.get("patient_id").cloned(),
+        accession_number: q.get("accession_number").cloned(),
+        study_instance_uid: q.get("study_instance_uid").cloned(),
+        ..StudyQuery::default()
+    };
+    if let Some(v) = q.get("pacs_endpoint_id") {
+        match Uuid::parse_str(v) {
+            Ok(id) => query.pacs_endpoint_id = Some(id),
+            Err(_) => errors.push(FieldError::new("pacs_endpoint_id", "must be a UUID")),
+        }
+    }
+    if let Some(status) = q.get("status") {
+        if super::STATUSES.contains(&status.as_str()) {
+            query.statuses.push(status.clone());
+        } else {
+            errors.push(FieldError::new("status", format!("must be one of {}", super::STATUSES.join(", "))));
+        }
+    }
+    if let Some(m) = q.get("modality") {
+        query.modalities = m.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect();
+    }
+    // Dates or date-times; `started_to` includes the whole of its day (or second).
+    for (field, lower) in [("started_from", true), ("started_to", false)] {
+        if let Some(v) = q.get(field) {
+            match crate::interop::fhir::params::date_range(v) {
+                Some((lo, hi)) => query.started.push(if lower { Bound::From(lo) } else { Bound::Before(hi) }),
+                None => errors.push(FieldError::new(field, "must be a date (YYYY-MM-DD) or date-time (RFC 3339)")),
+            }
+        }
+    }
+    if let Some(tag) = q.get("tag") {
+        let (system, code) = crate::interop::fhir::params::token(tag);
+        query.tags.push((system.filter(|s| !s.is_empty()), code));
+    }
+    query
+}
 
 #[tracing::instrument(skip_all, fields(tenant_id = %ctx.tenant))]
 async fn list(
@@ -79,27 +124,12 @@ async fn list(
 ) -> ApiResult<Json<Page<StudyView>>> {
     ctx.require(Role::Read)?;
     let mut errors = Vec::new();
-    reject_unknown_params(q.keys(), FILTERS, &mut errors);
-    let pacs_endpoint_id = q.get("pacs_endpoint_id").and_then(|v| {
-        Uuid::parse_str(v).map_err(|_| errors.push(FieldError::new("pacs_endpoint_id", "must be a UUID"))).ok()
-    });
-    if let Some(status) = q.get("status") {
-        if !super::STATUSES.contains(&status.as_str()) {
-            errors.push(FieldError::new("status", format!("must be one of {}", super::STATUSES.join(", "))));
-        }
-    }
+    let query = study_query(&q, &mut errors);
     let page = PageRequest::parse(q.get("limit").map(String::as_str), q.get("cursor").map(String::as_str), &mut errors);
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    let filter = StudyFilter {
-        patient_id: q.get("patient_id").cloned(),
-        accession_number: q.get("accession_number").cloned(),
-        study_instance_uid: q.get("study_instance_uid").cloned(),
-        pacs_endpoint_id,
-        status: q.get("status").cloned(),
-    };
-    let rows = state.studies.list(ctx.tenant, &filter, &page).await?;
+    let rows = state.studies.list(ctx.tenant, &query, &page).await?;
     Ok(Json(Page::from_rows(rows, &page, StudyRow::cursor, StudyView::from)))
 }
 

@@ -9,7 +9,9 @@ use uuid::Uuid;
 use crate::auth::TenantId;
 use crate::db::error::StoreResult;
 use crate::db::{Db, StoreError};
+use crate::bind_args;
 use crate::db::begin_write;
+use crate::db::sql::{Arg, SqlBuf};
 use crate::on_db;
 use crate::pagination::{Cursor, PageRequest};
 
@@ -42,13 +44,32 @@ impl StudyRow {
     }
 }
 
+/// A half-open time bound of a search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    /// at or after
+    From(DateTime<Utc>),
+    /// strictly before
+    Before(DateTime<Utc>),
+}
+
+/// A search of the study index, shared by REST and FHIR. Lists within a field are
+/// alternatives (OR); fields combine with AND.
 #[derive(Debug, Default, Clone)]
-pub struct StudyFilter {
+pub struct StudyQuery {
+    pub ids: Vec<Uuid>,
     pub patient_id: Option<String>,
     pub accession_number: Option<String>,
     pub study_instance_uid: Option<String>,
+    /// Matches a Study Instance UID or an accession number.
+    pub identifier_any: Option<String>,
     pub pacs_endpoint_id: Option<Uuid>,
-    pub status: Option<String>,
+    pub statuses: Vec<String>,
+    pub modalities: Vec<String>,
+    pub started: Vec<Bound>,
+    pub last_updated: Vec<Bound>,
+    /// `meta.tag` (system, code); no system matches any.
+    pub tags: Vec<(Option<String>, String)>,
 }
 
 /// A study as a source (QIDO-RS sync, import) describes it.
@@ -116,7 +137,8 @@ pub trait StudyStore: Send + Sync {
     async fn insert(&self, tenant: TenantId, row: &StudyRow) -> StoreResult<()>;
     async fn get(&self, tenant: TenantId, id: Uuid) -> StoreResult<StudyRow>;
     async fn get_by_uid(&self, tenant: TenantId, study_instance_uid: &str) -> StoreResult<StudyRow>;
-    async fn list(&self, tenant: TenantId, filter: &StudyFilter, page: &PageRequest) -> StoreResult<Vec<StudyRow>>;
+    async fn list(&self, tenant: TenantId, query: &StudyQuery, page: &PageRequest) -> StoreResult<Vec<StudyRow>>;
+    async fn count(&self, tenant: TenantId, query: &StudyQuery) -> StoreResult<i64>;
 }
 
 pub struct SqlStudyStore {
@@ -126,6 +148,77 @@ pub struct SqlStudyStore {
 impl SqlStudyStore {
     pub fn new(db: Db) -> Self {
         Self { db }
+    }
+
+    fn where_clause(&self, tenant: TenantId, q: &StudyQuery, sql: &mut SqlBuf) {
+        let t = sql.arg(Arg::Uuid(tenant.0));
+        sql.push(&format!(" WHERE tenant_id = {t}"));
+        let any = |sql: &mut SqlBuf, terms: Vec<String>| {
+            if !terms.is_empty() {
+                sql.push(&format!(" AND ({})", terms.join(" OR ")));
+            }
+        };
+        let terms = q.ids.iter().map(|id| format!("id = {}", sql.arg(Arg::Uuid(*id)))).collect();
+        any(sql, terms);
+        for (column, value) in [
+            ("patient_id", &q.patient_id),
+            ("accession_number", &q.accession_number),
+            ("pacs_study_uid", &q.study_instance_uid),
+        ] {
+            if let Some(v) = value {
+                let p = sql.arg(Arg::Text(v.clone()));
+                sql.push(&format!(" AND {column} = {p}"));
+            }
+        }
+        if let Some(v) = &q.identifier_any {
+            let p = sql.arg(Arg::Text(v.clone()));
+            sql.push(&format!(" AND (pacs_study_uid = {p} OR accession_number = {p})"));
+        }
+        if let Some(e) = q.pacs_endpoint_id {
+            let p = sql.arg(Arg::Uuid(e));
+            sql.push(&format!(" AND pacs_endpoint_id = {p}"));
+        }
+        let terms = q.statuses.iter().map(|s| format!("status = {}", sql.arg(Arg::Text(s.clone())))).collect();
+        any(sql, terms);
+        // `modality` holds ModalitiesInStudy joined with '\'; match one whole value.
+        let terms = q
+            .modalities
+            .iter()
+            .map(|m| format!("(',' || REPLACE(modality, '\\', ',') || ',') LIKE {}", sql.arg(Arg::Text(format!("%,{},%", m.to_ascii_uppercase())))))
+            .collect();
+        any(sql, terms);
+        for (column, bounds) in [("started_at", &q.started), ("updated_at", &q.last_updated)] {
+            for bound in bounds {
+                let (op, at) = match bound {
+                    Bound::From(t) => (">=", *t),
+                    Bound::Before(t) => ("<", *t),
+                };
+                let p = sql.arg(Arg::Time(at));
+                sql.push(&format!(" AND {column} {op} {p}"));
+            }
+        }
+        let terms = q
+            .tags
+            .iter()
+            .map(|(system, code)| match &self.db {
+                Db::Postgres(_) => {
+                    let mut tag = serde_json::json!({"code": code});
+                    if let Some(s) = system {
+                        tag["system"] = serde_json::json!(s);
+                    }
+                    format!("payload @> {}", sql.arg(Arg::Json(serde_json::json!({"meta": {"tag": [tag]}}))))
+                }
+                Db::Sqlite(_) => {
+                    let c = sql.arg(Arg::Text(code.clone()));
+                    let system = match system {
+                        Some(s) => format!(" AND json_extract(t.value, '$.system') = {}", sql.arg(Arg::Text(s.clone()))),
+                        None => String::new(),
+                    };
+                    format!("EXISTS (SELECT 1 FROM json_each(payload, '$.meta.tag') t WHERE json_extract(t.value, '$.code') = {c}{system})")
+                }
+            })
+            .collect();
+        any(sql, terms);
     }
 }
 
@@ -247,20 +340,26 @@ impl StudyStore for SqlStudyStore {
     }
 
     #[tracing::instrument(skip_all, fields(tenant_id = %tenant))]
-    async fn list(&self, tenant: TenantId, filter: &StudyFilter, page: &PageRequest) -> StoreResult<Vec<StudyRow>> {
-        let sql = format!(
-            "SELECT {COLUMNS} FROM imaging_studies WHERE tenant_id = $1 \
-             AND ($2 IS NULL OR patient_id = $2) AND ($3 IS NULL OR accession_number = $3) \
-             AND ($4 IS NULL OR pacs_study_uid = $4) AND ($5 IS NULL OR pacs_endpoint_id = $5) \
-             AND ($6 IS NULL OR status = $6) \
-             AND ($7 IS NULL OR created_at > $7 OR (created_at = $7 AND id > $8)) \
-             ORDER BY created_at, id LIMIT $9"
-        );
-        let rows = on_db!(&self.db, pool => sqlx::query_as::<_, StudyRow>(&sql)
-            .bind(tenant.0).bind(&filter.patient_id).bind(&filter.accession_number)
-            .bind(&filter.study_instance_uid).bind(filter.pacs_endpoint_id).bind(&filter.status)
-            .bind(page.after.map(|c| c.created_at)).bind(page.after.map(|c| c.id)).bind(page.fetch_limit())
+    async fn list(&self, tenant: TenantId, query: &StudyQuery, page: &PageRequest) -> StoreResult<Vec<StudyRow>> {
+        let mut sql = SqlBuf::new(format!("SELECT {COLUMNS} FROM imaging_studies"));
+        self.where_clause(tenant, query, &mut sql);
+        if let Some(after) = page.after {
+            let (c, i) = (sql.arg(Arg::Time(after.created_at)), sql.arg(Arg::Uuid(after.id)));
+            sql.push(&format!(" AND (created_at > {c} OR (created_at = {c} AND id > {i}))"));
+        }
+        let limit = sql.arg(Arg::Int(page.fetch_limit()));
+        sql.push(&format!(" ORDER BY created_at, id LIMIT {limit}"));
+        let rows = on_db!(&self.db, pool => bind_args!(sqlx::query_as::<_, StudyRow>(&sql.text), &sql.args)
             .fetch_all(pool).await)?;
         Ok(rows)
+    }
+
+    #[tracing::instrument(skip_all, fields(tenant_id = %tenant))]
+    async fn count(&self, tenant: TenantId, query: &StudyQuery) -> StoreResult<i64> {
+        let mut sql = SqlBuf::new("SELECT COUNT(*) FROM imaging_studies");
+        self.where_clause(tenant, query, &mut sql);
+        let n = on_db!(&self.db, pool => bind_args!(sqlx::query_scalar::<_, i64>(&sql.text), &sql.args)
+            .fetch_one(pool).await)?;
+        Ok(n)
     }
 }

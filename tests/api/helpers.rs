@@ -350,3 +350,26 @@ pub fn failed_step(report: &Value) -> (String, String) {
 pub fn step_names(report: &Value) -> Vec<String> {
     report["steps"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap().to_string()).collect()
 }
+
+/// Validates FHIR resources with the independent validator (tests/fhir_validate.py,
+/// PyPI fhir.resources). scripts/test provides the Python that has it.
+pub fn validate_fhir(resources: &[Value]) {
+    let Some(python) = peer_env("RADIOLOGY_TEST_FHIR_PYTHON", "the FHIR validator (python with fhir.resources)") else { return };
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fhir_validate.py");
+    let mut child = std::process::Command::new(python)
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the FHIR validator starts");
+    use std::io::Write as _;
+    child.stdin.take().unwrap().write_all(serde_json::to_string(resources).unwrap().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "FHIR validation failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -3,6 +3,7 @@
 
 mod connectivity;
 mod faults;
+mod fhir;
 mod helpers;
 mod legacy_migration;
 mod ops;

@@ -61,6 +61,7 @@ async fn openapi_describes_every_v1_route() {
         ("/v1/radiology/pacs-endpoints", &["get", "post"][..]),
         ("/v1/radiology/pacs-endpoints/{id}", &["get", "patch", "delete"][..]),
         ("/v1/radiology/pacs-endpoints/{id}/test", &["get"][..]),
+        ("/v1/radiology/pacs-endpoints/{id}/sync", &["get", "post"][..]),
         ("/v1/radiology/imaging-studies", &["get"][..]),
         ("/v1/radiology/imaging-studies/{id}", &["get"][..]),
     ] {
@@ -68,7 +69,7 @@ async fn openapi_describes_every_v1_route() {
             assert!(paths[path].get(*m).is_some(), "{m} {path} undocumented");
         }
     }
-    assert_eq!(operations, 8);
+    assert_eq!(operations, 10);
 }
 
 #[tokio::test]

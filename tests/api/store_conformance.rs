@@ -6,7 +6,7 @@ use radiology::db::{Db, StoreError};
 use radiology::pacs::store::EndpointFilter;
 use radiology::pacs::{EndpointRow, PacsStore, SqlPacsStore};
 use radiology::pagination::PageRequest;
-use radiology::studies::store::StudyFilter;
+use radiology::studies::store::StudyQuery;
 use radiology::studies::{SqlStudyStore, StudyRow, StudyStore};
 use serde_json::json;
 use sqlx::types::Json;
@@ -156,9 +156,9 @@ async fn study_store_is_unique_per_tenant_uid_and_referenced_endpoints_are_not_d
     assert!(matches!(studies.insert(a, &study(a, "1.2.3", None)).await, Err(StoreError::Conflict(_))));
     studies.insert(b, &study(b, "1.2.3", None)).await.unwrap();
 
-    let filter = StudyFilter { accession_number: Some("ACC-1.2.3".into()), ..Default::default() };
+    let filter = StudyQuery { accession_number: Some("ACC-1.2.3".into()), ..Default::default() };
     assert_eq!(studies.list(a, &filter, &page(10)).await.unwrap().len(), 1);
-    let filter = StudyFilter { pacs_endpoint_id: Some(ep.id), status: Some("cancelled".into()), ..Default::default() };
+    let filter = StudyQuery { pacs_endpoint_id: Some(ep.id), statuses: vec!["cancelled".into()], ..Default::default() };
     assert!(studies.list(a, &filter, &page(10)).await.unwrap().is_empty());
 
     assert!(matches!(endpoints.delete_unreferenced(a, ep.id).await, Err(StoreError::Conflict(_))));
@@ -242,6 +242,6 @@ async fn concurrent_upserts_of_one_new_study_create_exactly_one_row() {
         }
     }
     assert_eq!(created, 1);
-    let rows = store.list(a, &StudyFilter::default(), &page(50)).await.unwrap();
+    let rows = store.list(a, &StudyQuery::default(), &page(50)).await.unwrap();
     assert_eq!(rows.len(), 1);
 }

@@ -1,0 +1,56 @@
+//! Dynamic SQL shared by both backends: text with `$n` placeholders plus typed
+//! arguments, bound per backend by [`bind_args!`].
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+pub enum Arg {
+    Text(String),
+    Uuid(Uuid),
+    Time(DateTime<Utc>),
+    Int(i64),
+    Json(Value),
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct SqlBuf {
+    pub text: String,
+    pub args: Vec<Arg>,
+}
+
+impl SqlBuf {
+    pub fn new(text: impl Into<String>) -> Self {
+        Self { text: text.into(), args: Vec::new() }
+    }
+
+    pub fn push(&mut self, text: &str) -> &mut Self {
+        self.text.push_str(text);
+        self
+    }
+
+    /// Adds an argument and returns its placeholder.
+    pub fn arg(&mut self, arg: Arg) -> String {
+        self.args.push(arg);
+        format!("${}", self.args.len())
+    }
+}
+
+/// Binds every [`Arg`] of `$args` to the query `$q` (any backend).
+#[macro_export]
+macro_rules! bind_args {
+    ($q:expr, $args:expr) => {{
+        let mut q = $q;
+        for arg in $args {
+            q = match arg {
+                $crate::db::sql::Arg::Text(v) => q.bind(v.clone()),
+                $crate::db::sql::Arg::Uuid(v) => q.bind(*v),
+                $crate::db::sql::Arg::Time(v) => q.bind(*v),
+                $crate::db::sql::Arg::Int(v) => q.bind(*v),
+                $crate::db::sql::Arg::Json(v) => q.bind(sqlx::types::Json(v.clone())),
+            };
+        }
+        q
+    }};
+}

@@ -1,0 +1,163 @@
+//! The FHIR R4 facade under `/fhir/r4`: CapabilityStatement, read, vread and search,
+//! with FHIR's wire conventions (application/fhir+json, ETag/Last-Modified, searchset
+//! Bundles with self/next links, OperationOutcome for errors). Resource contexts
+//! (studies, …) supply the resource-specific parts.
+
+pub mod params;
+
+use axum::extract::FromRequestParts;
+use axum::http::header::{CONTENT_TYPE, ETAG, LAST_MODIFIED, LOCATION};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+
+use crate::auth::{HasTokenKeys, Role, TenantCtx};
+use crate::error::ApiError;
+use crate::AppState;
+
+pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
+pub const BASE: &str = "/fhir/r4";
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(&format!("{BASE}/metadata"), get(metadata))
+        .merge(crate::studies::fhir::router())
+}
+
+/// A FHIR answer: JSON with the FHIR media type.
+pub fn fhir_json(status: StatusCode, body: Value) -> Response {
+    let mut response = (status, body.to_string()).into_response();
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+    response
+}
+
+/// A resource read: adds ETag (weak, the version) and Last-Modified.
+pub fn resource_response(resource: Value, version: i32, last_modified: DateTime<Utc>) -> Response {
+    let mut response = fhir_json(StatusCode::OK, resource);
+    let headers = response.headers_mut();
+    headers.insert(ETAG, HeaderValue::from_str(&format!("W/\"{version}\"")).expect("ascii"));
+    headers.insert(LAST_MODIFIED, HeaderValue::from_str(&last_modified.format("%a, %d %b %Y %H:%M:%S GMT").to_string()).expect("ascii"));
+    response
+}
+
+/// A failure as an OperationOutcome.
+#[derive(Debug)]
+pub struct FhirError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub diagnostics: Vec<String>,
+}
+
+impl FhirError {
+    pub fn new(status: StatusCode, code: &'static str, diagnostics: impl Into<String>) -> Self {
+        Self { status, code, diagnostics: vec![diagnostics.into()] }
+    }
+
+    pub fn not_found(what: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not-found", format!("{what} is not known"))
+    }
+
+    pub fn invalid(diagnostics: Vec<String>) -> Self {
+        Self { status: StatusCode::BAD_REQUEST, code: "invalid", diagnostics }
+    }
+}
+
+pub fn operation_outcome(severity: &str, code: &str, diagnostics: &[String]) -> Value {
+    json!({
+        "resourceType": "OperationOutcome",
+        "issue": diagnostics.iter().map(|d| json!({"severity": severity, "code": code, "diagnostics": d})).collect::<Vec<_>>()
+    })
+}
+
+impl From<ApiError> for FhirError {
+    fn from(e: ApiError) -> Self {
+        let code = match &e {
+            ApiError::Unauthorized(_) => "login",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound => "not-found",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::Validation(_) | ApiError::BadRequest(_) => "invalid",
+            ApiError::UnsupportedMediaType(_) => "not-supported",
+            ApiError::Unavailable(_) => "transient",
+            ApiError::Internal(_) => "exception",
+        };
+        if let ApiError::Internal(inner) = &e {
+            tracing::error!(error.cause_chain = ?inner, "FHIR request failed");
+        }
+        let diagnostics = match &e {
+            ApiError::Validation(errors) => errors.iter().map(|f| format!("{}: {}", f.field, f.message)).collect(),
+            other => vec![other.public_detail()],
+        };
+        FhirError { status: e.status(), code, diagnostics }
+    }
+}
+
+impl From<crate::db::StoreError> for FhirError {
+    fn from(e: crate::db::StoreError) -> Self {
+        ApiError::from(e).into()
+    }
+}
+
+impl IntoResponse for FhirError {
+    fn into_response(self) -> Response {
+        let mut response = fhir_json(self.status, operation_outcome("error", self.code, &self.diagnostics));
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert("www-authenticate", HeaderValue::from_static("Bearer error=\"invalid_token\""));
+        }
+        response
+    }
+}
+
+/// The caller of a FHIR interaction, authenticated like `/v1` but answered in FHIR.
+pub struct FhirCtx(pub TenantCtx);
+
+impl<S: HasTokenKeys + Send + Sync> FromRequestParts<S> for FhirCtx {
+    type Rejection = FhirError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let ctx = TenantCtx::from_request_parts(parts, state).await?;
+        ctx.require(Role::Read)?;
+        Ok(FhirCtx(ctx))
+    }
+}
+
+/// The absolute base URL clients reached us at, for `fullUrl` and links.
+pub fn base_url(headers: &HeaderMap) -> String {
+    let host = headers.get("x-forwarded-host").or_else(|| headers.get("host")).and_then(|v| v.to_str().ok()).unwrap_or("localhost");
+    let scheme = headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok()).unwrap_or("http");
+    format!("{scheme}://{host}{BASE}")
+}
+
+pub fn location(url: &str) -> (axum::http::HeaderName, String) {
+    (LOCATION, url.to_string())
+}
+
+async fn metadata(headers: HeaderMap) -> Response {
+    fhir_json(StatusCode::OK, capability_statement(&base_url(&headers)))
+}
+
+/// What the facade really supports.
+pub fn capability_statement(base: &str) -> Value {
+    json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-12-04",
+        "kind": "instance",
+        "software": {"name": "Radiology Service", "version": env!("CARGO_PKG_VERSION")},
+        "implementation": {"description": "Radiology Service FHIR R4 facade", "url": base},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "rest": [{
+            "mode": "server",
+            "security": {
+                "cors": false,
+                "description": "Bearer JWT (HS256) with tenant_id, sub, roles (radiology.read or radiology.admin) and exp; every resource is tenant-scoped"
+            },
+            "resource": [crate::studies::fhir::capability()]
+        }]
+    })
+}
