@@ -22,6 +22,12 @@ pub struct Cli {
 pub enum Command {
     /// Run the service (HTTP API; SQLite in ./data unless RADIOLOGY_DATABASE_URL says otherwise).
     Serve,
+    /// Run every due QIDO-RS sync to completion (all tenants), print the run reports, exit.
+    Sync {
+        /// Re-backfill every active endpoint from the configured start.
+        #[arg(long)]
+        full: bool,
+    },
     /// Print a bearer token signed with the key the server uses.
     Token {
         /// Tenant UUID the token acts for.
@@ -46,6 +52,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve => {
             let app = crate::Application::build(&config).await?;
             app.run_until(crate::shutdown_signal()).await
+        }
+        Command::Sync { full } => {
+            let state = crate::AppState::build(&config).await?;
+            let store = state.sync.store();
+            let now = crate::db::now();
+            let interval = state.sync.settings().interval.as_secs() as i32;
+            store.ensure_states(now, interval).await?;
+            if full {
+                store.request_full_everywhere(now).await?;
+            }
+            let reports = state.sync.run_until_idle().await?;
+            println!("{}", serde_json::to_string_pretty(&reports)?);
+            state.db.close().await;
+            anyhow::ensure!(reports.iter().all(|r| r.ok), "some endpoints failed to sync (see the reports)");
+            Ok(())
         }
         Command::Token { tenant, sub, roles, ttl } => {
             let keys = TokenKeys::new(&crate::keys::jwt_key(&config)?);

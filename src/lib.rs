@@ -56,9 +56,9 @@ pub struct Application {
     state: AppState,
 }
 
-impl Application {
+impl AppState {
     /// Connects to the database, applies migrations, seals plain-text credentials and
-    /// binds the HTTP listener (port 0 picks a free port, as tests do).
+    /// wires the contexts together.
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
         let db = Db::connect(&config.database_url, config.db_max_connections).await?;
         db.migrate().await?;
@@ -78,14 +78,14 @@ impl Application {
             Arc::new(SqlSyncStore::new(db.clone())),
             SyncSettings::from_config(config)?,
         ));
-        let state = AppState {
-            pacs,
-            studies,
-            sync,
-            db,
-            token_keys,
-            metrics: Arc::default(),
-        };
+        Ok(AppState { pacs, studies, sync, db, token_keys, metrics: Arc::default() })
+    }
+}
+
+impl Application {
+    /// Builds the state and binds the HTTP listener (port 0 picks a free port, as tests do).
+    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        let state = AppState::build(config).await?;
         let listener = TcpListener::bind(&config.http_addr)
             .await
             .with_context(|| format!("binding the HTTP listener on {}", config.http_addr))?;

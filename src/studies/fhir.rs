@@ -292,9 +292,10 @@ mod tests {
         assert_eq!(q.study_instance_uid.as_deref(), Some("1.2.3"));
         let (q, ..) = parse_search(&p(&[("identifier", "ACC-9")])).unwrap();
         assert_eq!(q.identifier_any.as_deref(), Some("ACC-9"));
-        let (q, ..) = parse_search(&p(&[("patient", "Patient/P-1"), ("modality", "DCM|CT,MR")])).unwrap();
+        let (q, ..) = parse_search(&p(&[("patient", "Patient/P-1"), ("modality", "http://dicom.nema.org/resources/ontology/DCM|CT,MR")])).unwrap();
         assert_eq!(q.patient_id.as_deref(), Some("P-1"));
         assert_eq!(q.modalities, vec!["CT", "MR"]);
+        assert!(parse_search(&p(&[("modality", "DCM|CT")])).is_err(), "a token's system is the code system URI");
     }
 
     #[test]

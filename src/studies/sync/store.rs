@@ -63,6 +63,8 @@ pub trait SyncStore: Send + Sync {
     /// Ends a run and releases the lease; `false` when the lease was lost.
     async fn finish(&self, tenant: TenantId, endpoint: Uuid, owner: &str, end: &RunEnd) -> StoreResult<bool>;
     async fn get(&self, tenant: TenantId, endpoint: Uuid) -> StoreResult<SyncStateRow>;
+    /// System (operator CLI): every endpoint re-backfills at its next run, due now.
+    async fn request_full_everywhere(&self, now: DateTime<Utc>) -> StoreResult<u64>;
     /// Makes the endpoint due now; with `full`, the next run re-backfills from scratch.
     async fn request_run(&self, tenant: TenantId, endpoint: Uuid, now: DateTime<Utc>, full: bool, interval_seconds: i32) -> StoreResult<()>;
 }
@@ -149,6 +151,11 @@ impl SyncStore for SqlSyncStore {
         let row = on_db!(&self.db, pool => sqlx::query_as::<_, SyncStateRow>(&sql)
             .bind(tenant.0).bind(endpoint).fetch_optional(pool).await)?;
         row.ok_or(StoreError::NotFound)
+    }
+
+    async fn request_full_everywhere(&self, now: DateTime<Utc>) -> StoreResult<u64> {
+        let sql = "UPDATE pacs_sync_state SET full_requested = TRUE, next_run_at = $1, updated_at = $1";
+        Ok(on_db!(&self.db, pool => sqlx::query(sql).bind(now).execute(pool).await.map(|r| r.rows_affected()))?)
     }
 
     async fn request_run(&self, tenant: TenantId, endpoint: Uuid, now: DateTime<Utc>, full: bool, interval_seconds: i32) -> StoreResult<()> {
