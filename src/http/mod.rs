@@ -118,6 +118,19 @@ pub fn parse_uuid(text: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(text).map_err(|_| ApiError::NotFound)
 }
 
+/// A `true`/`false` query parameter; anything else is reported as a field error.
+pub fn bool_param(value: Option<&String>, name: &str, errors: &mut Vec<FieldError>) -> Option<bool> {
+    match value.map(String::as_str) {
+        None => None,
+        Some("true") => Some(true),
+        Some("false") => Some(false),
+        Some(_) => {
+            errors.push(FieldError::new(name, "must be true or false"));
+            None
+        }
+    }
+}
+
 /// Reports unknown query parameters by name.
 pub fn reject_unknown_params<'a>(keys: impl Iterator<Item = &'a String>, allowed: &[&str], errors: &mut Vec<FieldError>) {
     for key in keys {

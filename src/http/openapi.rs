@@ -127,7 +127,10 @@ pub fn document() -> Value {
                 },
                 "post": {
                     "operationId": "runPacsSync", "summary": "Sync now (needs radiology.admin); full=true re-backfills the whole history",
-                    "parameters": [query("full", "Re-backfill from the configured start instead of polling incrementally.", json!({"type": "boolean"}))],
+                    "parameters": [
+                        query("full", "Re-backfill from the configured start instead of polling incrementally.", json!({"type": "boolean"})),
+                        query("interval_seconds", "Set this endpoint's incremental poll interval (10–86400 s; default 60).", json!({"type": "integer", "minimum": 10, "maximum": 86400}))
+                    ],
                     "responses": with(problem_responses(&[("404", "No such endpoint"), ("409", "The endpoint is inactive"), ("422", "Invalid full")]), "202",
                         json!({"description": "Scheduled; the worker starts it at once", "content": json_content("SyncStatus")}))
                 }

@@ -12,7 +12,7 @@ use super::service::EndpointView;
 use super::store::EndpointFilter;
 use crate::auth::{Role, TenantCtx};
 use crate::error::{ApiError, ApiResult, FieldError};
-use crate::http::{parse_uuid, JsonObject};
+use crate::http::{bool_param, parse_uuid, JsonObject};
 use crate::pagination::PageRequest;
 use crate::AppState;
 
@@ -49,14 +49,7 @@ async fn list(State(state): State<AppState>, ctx: TenantCtx, Query(q): Query<Has
             None
         }
     });
-    let active = q.get("active").and_then(|v| match v.as_str() {
-        "true" => Some(true),
-        "false" => Some(false),
-        _ => {
-            errors.push(FieldError::new("active", "must be true or false"));
-            None
-        }
-    });
+    let active = bool_param(q.get("active"), "active", &mut errors);
     let page = PageRequest::parse(q.get("limit").map(String::as_str), q.get("cursor").map(String::as_str), &mut errors);
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
@@ -92,11 +85,11 @@ async fn delete(
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<StatusCode> {
     ctx.require(Role::Admin)?;
-    let purge = match q.get("purge").map(String::as_str) {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(_) => return Err(ApiError::Validation(vec![FieldError::new("purge", "must be true or false")])),
-    };
+    let mut errors = Vec::new();
+    let purge = bool_param(q.get("purge"), "purge", &mut errors).unwrap_or(false);
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
     state.pacs.delete(ctx.tenant, parse_uuid(&id)?, purge).await?;
     Ok(StatusCode::NO_CONTENT)
 }

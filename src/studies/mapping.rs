@@ -34,6 +34,25 @@ pub struct MappedStudy {
     pub resource: Value,
 }
 
+impl MappedStudy {
+    /// The upsert of this study as found on `pacs_endpoint_id` (status `available`).
+    pub fn into_upsert(self, pacs_endpoint_id: Option<uuid::Uuid>) -> super::store::StudyUpsert {
+        super::store::StudyUpsert {
+            study_instance_uid: self.study_instance_uid,
+            patient_id: self.patient_id,
+            accession_number: self.accession_number,
+            modality: self.modality,
+            started_at: self.started_at,
+            status: "available".into(),
+            pacs_endpoint_id,
+            description: self.description,
+            number_of_series: self.number_of_series,
+            number_of_instances: self.number_of_instances,
+            payload: self.resource,
+        }
+    }
+}
+
 /// Why a QIDO item could not be mapped (it is skipped and counted).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use radiology::auth::TenantId;
 use radiology::pacs::dicom_json::DicomObject;
 use radiology::studies::mapping::map_study;
-use radiology::studies::store::{StudyUpsert, UpsertOutcome};
+use radiology::studies::store::UpsertOutcome;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -29,23 +29,10 @@ async fn put_study(app: &TestApp, tenant: Uuid, uid: &str, patient: &str, access
     }))
     .unwrap();
     let m = map_study(&dicom, Some("http://pacs.example/dicom-web"), chrono::FixedOffset::east_opt(0).unwrap()).unwrap();
-    let mut payload = m.resource;
+    let mut upsert = m.into_upsert(None);
     if let Some(code) = tag {
-        payload["meta"] = json!({"tag": [{"system": "urn:test:tags", "code": code}]});
+        upsert.payload["meta"] = json!({"tag": [{"system": "urn:test:tags", "code": code}]});
     }
-    let upsert = StudyUpsert {
-        study_instance_uid: m.study_instance_uid,
-        patient_id: m.patient_id,
-        accession_number: m.accession_number,
-        modality: m.modality,
-        started_at: m.started_at,
-        status: "available".into(),
-        pacs_endpoint_id: None,
-        description: m.description,
-        number_of_series: m.number_of_series,
-        number_of_instances: m.number_of_instances,
-        payload,
-    };
     match app.state.studies.upsert(TenantId(tenant), &upsert).await.unwrap() {
         UpsertOutcome::Created(id) | UpsertOutcome::Updated(id) | UpsertOutcome::Unchanged(id) => id,
     }

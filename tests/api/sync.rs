@@ -307,9 +307,11 @@ async fn sync_control_is_tenant_scoped_and_needs_admin_to_start() {
     assert_eq!(app.get(&path, &other).await.status, StatusCode::NOT_FOUND);
     assert_eq!(app.post(&path, &other, &json!({})).await.status, StatusCode::NOT_FOUND);
     assert_eq!(app.post(&format!("{path}?full=maybe"), &app.admin(), &json!({})).await.status, StatusCode::UNPROCESSABLE_ENTITY);
-    let r = app.post(&format!("{path}?full=true"), &app.admin(), &json!({})).await;
+    assert_eq!(app.post(&format!("{path}?interval_seconds=5"), &app.admin(), &json!({})).await.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let r = app.post(&format!("{path}?full=true&interval_seconds=300"), &app.admin(), &json!({})).await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
     assert_eq!(r.json()["full_requested"], true);
+    assert_eq!(r.json()["interval_seconds"], 300, "the endpoint's own poll interval");
 }
 
 /// A malformed QIDO item is skipped and counted with its reason; the page goes on.

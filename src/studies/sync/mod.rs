@@ -25,7 +25,7 @@ use uuid::Uuid;
 
 use self::store::{RunEnd, SyncStateRow, SyncStore};
 use super::mapping::map_study;
-use super::store::{StudyStore, StudyUpsert, UpsertOutcome};
+use super::store::{StudyStore, UpsertOutcome};
 use crate::auth::TenantId;
 use crate::config::Config;
 use crate::pacs::connectivity::STUDY_INCLUDE_FIELDS;
@@ -311,7 +311,7 @@ impl SyncService {
             windows: progress.counts.windows,
             errors: progress.counts.errors.clone(),
         };
-        let interval = chrono::Duration::from_std(self.settings.interval).expect("interval fits");
+        let interval = chrono::Duration::seconds(job.interval_seconds.max(1).into());
         let end = match &outcome {
             Ok(()) => RunEnd {
                 progress: None,
@@ -380,11 +380,12 @@ impl SyncService {
         let endpoint = self.pacs.get(tenant, endpoint_id).await.map_err(|e| RunError::Failed(e.to_string()))?;
         let client = self.pacs.client_for(&endpoint).map_err(|e| RunError::Failed(e.to_string()))?;
         let today = Utc::now().date_naive();
+        let mut longest_page = 0;
         while let Some(window) = progress.next_window(today) {
             if self.stopping.load(Ordering::Relaxed) {
                 return Err(RunError::Stopping);
             }
-            let (found, full) = self.sync_window(tenant, &endpoint, &client, window, &mut progress.counts).await?;
+            let (found, full) = self.sync_window(tenant, &endpoint, &client, window, &mut progress.counts, &mut longest_page).await?;
             progress.advance(window, found, full, self.settings.max_results);
             if !self
                 .store
@@ -408,8 +409,9 @@ impl SyncService {
         client: &DicomWebClient,
         window: Window,
         counts: &mut Counts,
+        longest_page: &mut usize,
     ) -> Result<(usize, bool), RunError> {
-        let (items, full) = self.fetch(client, window).await?;
+        let (items, full) = self.fetch(client, window, longest_page).await?;
         let single_day = matches!(window, Window::Dates(a, b) if a == b);
         if full && matches!(window, Window::Dates(a, b) if a < b) {
             return Ok((items.len(), true));
@@ -428,7 +430,7 @@ impl SyncService {
         let mut total = 0;
         while let Some((a, b)) = stack.pop() {
             let part = Window::Times(day, a, b);
-            let (items, full) = self.fetch(client, part).await?;
+            let (items, full) = self.fetch(client, part, longest_page).await?;
             if full && b - a >= 60 {
                 let mid = a + (b - a) / 2;
                 stack.push((a, mid));
@@ -444,8 +446,13 @@ impl SyncService {
         Ok((total, false))
     }
 
-    /// Every study of a window, paging until an empty page (or the result cap).
-    async fn fetch(&self, client: &DicomWebClient, window: Window) -> Result<(Vec<DicomObject>, bool), RunError> {
+    /// Every study of a window, paging until the end (or the result cap).
+    ///
+    /// The end is an empty page, or a page shorter than the longest page this PACS has
+    /// already returned in the run (`longest_page`): a PACS that caps its page size
+    /// below `limit` thus never looks finished early, and one that honours `limit`
+    /// costs no extra empty request per window.
+    async fn fetch(&self, client: &DicomWebClient, window: Window, longest_page: &mut usize) -> Result<(Vec<DicomObject>, bool), RunError> {
         let mut params = window.params();
         params.extend(STUDY_INCLUDE_FIELDS.iter().map(|t| ("includefield", t.to_string())));
         let mut items = Vec::new();
@@ -460,6 +467,8 @@ impl SyncService {
                 break;
             }
             let received = page.items.len();
+            let short = received < *longest_page;
+            *longest_page = (*longest_page).max(received);
             let before = items.len();
             for item in page.items {
                 if let Some(uid) = item.string(tags::STUDY_INSTANCE_UID) {
@@ -472,8 +481,8 @@ impl SyncService {
             if items.len() >= self.settings.max_results {
                 return Ok((items, true));
             }
-            if items.len() == before {
-                break; // the PACS ignores offset: every page repeats
+            if items.len() == before || short {
+                break; // the end, or a PACS that ignores offset (every page repeats)
             }
             offset += received;
         }
@@ -486,19 +495,7 @@ impl SyncService {
         for item in &items {
             counts.seen += 1;
             match map_study(item, Some(&wado), self.settings.default_offset) {
-                Ok(m) => upserts.push(StudyUpsert {
-                    study_instance_uid: m.study_instance_uid,
-                    patient_id: m.patient_id,
-                    accession_number: m.accession_number,
-                    modality: m.modality,
-                    started_at: m.started_at,
-                    status: "available".into(),
-                    pacs_endpoint_id: Some(endpoint.id),
-                    description: m.description,
-                    number_of_series: m.number_of_series,
-                    number_of_instances: m.number_of_instances,
-                    payload: m.resource,
-                }),
+                Ok(m) => upserts.push(m.into_upsert(Some(endpoint.id))),
                 Err(e) => {
                     let uid = item.string(tags::STUDY_INSTANCE_UID).unwrap_or_else(|| "?".into());
                     counts.fail(format!("study {uid}: {e}"));

@@ -1,5 +1,5 @@
 //! Sync control: `POST /v1/radiology/pacs-endpoints/{id}/sync` (run now; `?full=true`
-//! re-backfills) and `GET …/sync` (state, watermark, last run, counts, last error).
+//! re-backfills; `?interval_seconds=N` sets the endpoint's poll interval) and `GET …/sync` (state, watermark, last run, counts, last error).
 
 use std::collections::HashMap;
 
@@ -13,7 +13,7 @@ use super::store::SyncStateRow;
 use crate::auth::{Role, TenantCtx};
 use crate::db::StoreError;
 use crate::error::{ApiError, ApiResult, FieldError};
-use crate::http::parse_uuid;
+use crate::http::{bool_param, parse_uuid, reject_unknown_params};
 use crate::pacs::EndpointRow;
 use crate::AppState;
 
@@ -89,17 +89,26 @@ async fn run_now(
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     ctx.require(Role::Admin)?;
-    let full = match q.get("full").map(String::as_str) {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(_) => return Err(ApiError::Validation(vec![FieldError::new("full", "must be true or false")])),
+    let mut errors = Vec::new();
+    let full = bool_param(q.get("full"), "full", &mut errors).unwrap_or(false);
+    let interval = match q.get("interval_seconds").map(|v| v.parse::<i32>()) {
+        None => None,
+        Some(Ok(n)) if (10..=86_400).contains(&n) => Some(n),
+        Some(_) => {
+            errors.push(FieldError::new("interval_seconds", "must be an integer from 10 to 86400"));
+            None
+        }
     };
+    reject_unknown_params(q.keys(), &["full", "interval_seconds"], &mut errors);
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
     let endpoint = state.pacs.get(ctx.tenant, parse_uuid(&id)?).await?;
     if !endpoint.active {
         return Err(ApiError::Conflict("the endpoint is inactive; activate it to sync".into()));
     }
-    let interval = state.sync.settings().interval.as_secs() as i32;
-    state.sync.store().request_run(ctx.tenant, endpoint.id, crate::db::now(), full, interval).await?;
+    let default_interval = state.sync.settings().interval.as_secs() as i32;
+    state.sync.store().request_run(ctx.tenant, endpoint.id, crate::db::now(), full, interval, default_interval).await?;
     tracing::info!(tenant_id = %ctx.tenant, endpoint_id = %endpoint.id, full, "sync requested");
     let (endpoint, row) = load(&state, &ctx, &id).await?;
     Ok((StatusCode::ACCEPTED, Json(view(&endpoint, row.as_ref()))))

@@ -66,7 +66,17 @@ pub trait SyncStore: Send + Sync {
     /// System (operator CLI): every endpoint re-backfills at its next run, due now.
     async fn request_full_everywhere(&self, now: DateTime<Utc>) -> StoreResult<u64>;
     /// Makes the endpoint due now; with `full`, the next run re-backfills from scratch.
-    async fn request_run(&self, tenant: TenantId, endpoint: Uuid, now: DateTime<Utc>, full: bool, interval_seconds: i32) -> StoreResult<()>;
+    /// `interval_seconds` (when given) becomes the endpoint's poll interval; new state
+    /// rows otherwise get `default_interval`.
+    async fn request_run(
+        &self,
+        tenant: TenantId,
+        endpoint: Uuid,
+        now: DateTime<Utc>,
+        full: bool,
+        interval_seconds: Option<i32>,
+        default_interval: i32,
+    ) -> StoreResult<()>;
 }
 
 pub struct SqlSyncStore {
@@ -158,14 +168,23 @@ impl SyncStore for SqlSyncStore {
         Ok(on_db!(&self.db, pool => sqlx::query(sql).bind(now).execute(pool).await.map(|r| r.rows_affected()))?)
     }
 
-    async fn request_run(&self, tenant: TenantId, endpoint: Uuid, now: DateTime<Utc>, full: bool, interval_seconds: i32) -> StoreResult<()> {
+    async fn request_run(
+        &self,
+        tenant: TenantId,
+        endpoint: Uuid,
+        now: DateTime<Utc>,
+        full: bool,
+        interval_seconds: Option<i32>,
+        default_interval: i32,
+    ) -> StoreResult<()> {
         let sql = "INSERT INTO pacs_sync_state (endpoint_id, tenant_id, next_run_at, interval_seconds, full_requested, updated_at) \
-                   VALUES ($2, $1, $3, $4, $5, $3) \
+                   VALUES ($2, $1, $3, COALESCE($4, $6), $5, $3) \
                    ON CONFLICT (endpoint_id) DO UPDATE SET next_run_at = $3, updated_at = $3, \
-                   full_requested = (pacs_sync_state.full_requested OR $5) \
+                   full_requested = (pacs_sync_state.full_requested OR $5), \
+                   interval_seconds = COALESCE($4, pacs_sync_state.interval_seconds) \
                    WHERE pacs_sync_state.tenant_id = $1";
         on_db!(&self.db, pool => sqlx::query(sql).bind(tenant.0).bind(endpoint).bind(now).bind(interval_seconds).bind(full)
-            .execute(pool).await.map(|r| r.rows_affected()))?;
+            .bind(default_interval).execute(pool).await.map(|r| r.rows_affected()))?;
         Ok(())
     }
 }
