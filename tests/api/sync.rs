@@ -277,10 +277,13 @@ async fn a_failing_endpoint_becomes_degraded_while_others_continue() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let bad = app.create_endpoint(&endpoint_body("down", &format!("http://127.0.0.1:{closed}/dicom-web"), "u", "p")).await;
-    let bad_id = bad["id"].as_str().unwrap().to_string();
+    // The healthy endpoint syncs first, so each round below involves only the failing one
+    // (its backoff then keeps it from being claimed twice in one round).
     let good = app.create_endpoint(&endpoint_body("up", &orthanc.dicomweb_url(), &orthanc.user, &orthanc.password)).await;
     let good_id = good["id"].as_str().unwrap().to_string();
+    app.state.sync.run_until_idle().await.unwrap();
+    let bad = app.create_endpoint(&endpoint_body("down", &format!("http://127.0.0.1:{closed}/dicom-web"), "u", "p")).await;
+    let bad_id = bad["id"].as_str().unwrap().to_string();
     for attempt in 1..=3 {
         app.post(&format!("/v1/radiology/pacs-endpoints/{bad_id}/sync"), &app.admin(), &json!({})).await;
         let reports = app.state.sync.run_until_idle().await.unwrap();

@@ -115,7 +115,23 @@ pub struct Counts {
     pub errors: Vec<String>,
 }
 
+/// One fetched window, not yet stored.
+struct Fetched {
+    items: Vec<DicomObject>,
+    found: usize,
+    full: bool,
+    warnings: Vec<String>,
+}
+
 impl Counts {
+    fn merge(&mut self, other: Counts) {
+        self.seen += other.seen;
+        self.windows += other.windows;
+        self.failed += other.failed;
+        let room = MAX_REPORTED_ERRORS.saturating_sub(self.errors.len());
+        self.errors.extend(other.errors.into_iter().take(room));
+    }
+
     fn fail(&mut self, reason: String) {
         self.failed += 1;
         if self.errors.len() < MAX_REPORTED_ERRORS {
@@ -376,58 +392,84 @@ impl SyncService {
         chrono::Duration::milliseconds((jittered * 1000.0) as i64)
     }
 
+    /// Walks the windows of a run. Storing window k overlaps fetching window k+1, and
+    /// window k is checkpointed once stored, so a crash never skips unstored studies.
     async fn run_windows(&self, tenant: TenantId, endpoint_id: Uuid, progress: &mut Progress) -> Result<(), RunError> {
         let endpoint = self.pacs.get(tenant, endpoint_id).await.map_err(|e| RunError::Failed(e.to_string()))?;
         let client = self.pacs.client_for(&endpoint).map_err(|e| RunError::Failed(e.to_string()))?;
         let today = Utc::now().date_naive();
         let mut longest_page = 0;
-        while let Some(window) = progress.next_window(today) {
-            if self.stopping.load(Ordering::Relaxed) {
-                return Err(RunError::Stopping);
+        let mut pending: Option<Vec<DicomObject>> = None;
+        loop {
+            let next = if self.stopping.load(Ordering::Relaxed) { None } else { progress.next_window(today) };
+            let fetch = async {
+                match next {
+                    Some(window) => Some(self.fetch_window(&client, window, &mut longest_page).await),
+                    None => None,
+                }
+            };
+            let store = async {
+                match pending.take() {
+                    Some(items) => self.store_items(tenant, &endpoint, items).await.map(Some),
+                    None => Ok(None),
+                }
+            };
+            let (fetched, stored) = tokio::join!(fetch, store);
+            if let Some(counts) = stored? {
+                progress.counts.merge(counts);
+                self.checkpoint(tenant, endpoint_id, progress).await?;
             }
-            let (found, full) = self.sync_window(tenant, &endpoint, &client, window, &mut progress.counts, &mut longest_page).await?;
-            progress.advance(window, found, full, self.settings.max_results);
-            if !self
-                .store
-                .checkpoint(tenant, endpoint_id, &self.owner, &json!(progress), self.lease_until())
-                .await
-                .map_err(|e| RunError::Failed(format!("saving sync progress: {e}")))?
-            {
-                return Err(RunError::LeaseLost);
+            let Some(window) = next else { break };
+            let fetched = fetched.expect("a window was fetched")?;
+            progress.counts.merge(Counts { errors: fetched.warnings.clone(), failed: fetched.warnings.len() as i64, ..Counts::default() });
+            progress.advance(window, fetched.found, fetched.full, self.settings.max_results);
+            if fetched.full {
+                self.checkpoint(tenant, endpoint_id, progress).await?; // narrowed; nothing to store
+            } else {
+                pending = Some(fetched.items);
             }
+        }
+        if self.stopping.load(Ordering::Relaxed) && progress.next_window(today).is_some() {
+            return Err(RunError::Stopping);
         }
         Ok(())
     }
 
-    /// Queries one window and stores it, unless it is a multi-day window that came back
-    /// full (the caller narrows it). A full single day is split by StudyTime here.
-    /// Returns (studies found, full).
-    async fn sync_window(
-        &self,
-        tenant: TenantId,
-        endpoint: &EndpointRow,
-        client: &DicomWebClient,
-        window: Window,
-        counts: &mut Counts,
-        longest_page: &mut usize,
-    ) -> Result<(usize, bool), RunError> {
+    async fn checkpoint(&self, tenant: TenantId, endpoint_id: Uuid, progress: &Progress) -> Result<(), RunError> {
+        let kept = self
+            .store
+            .checkpoint(tenant, endpoint_id, &self.owner, &json!(progress), self.lease_until())
+            .await
+            .map_err(|e| RunError::Failed(format!("saving sync progress: {e}")))?;
+        if kept {
+            Ok(())
+        } else {
+            Err(RunError::LeaseLost)
+        }
+    }
+
+    /// Queries one window. A multi-day window that comes back full is reported `full`
+    /// (the caller narrows it, storing nothing); a full single day is split by StudyTime
+    /// here until each part fits.
+    async fn fetch_window(&self, client: &DicomWebClient, window: Window, longest_page: &mut usize) -> Result<Fetched, RunError> {
         let (items, full) = self.fetch(client, window, longest_page).await?;
+        let found = items.len();
         let single_day = matches!(window, Window::Dates(a, b) if a == b);
         if full && matches!(window, Window::Dates(a, b) if a < b) {
-            return Ok((items.len(), true));
+            return Ok(Fetched { items: Vec::new(), found, full: true, warnings: Vec::new() });
         }
         if !(full && single_day) {
-            if full {
-                counts.fail(format!("{window:?} returned {} studies, the most the PACS gives; some may be missing", items.len()));
-            }
-            let n = items.len();
-            self.store_items(tenant, endpoint, items, counts).await?;
-            return Ok((n, false));
+            let warnings = if full {
+                vec![format!("{window:?} returned {found} studies, the most the PACS gives; some may be missing")]
+            } else {
+                Vec::new()
+            };
+            return Ok(Fetched { items, found, full: false, warnings });
         }
-        // A full day: walk its StudyTime range in halves until each part fits.
         let Window::Dates(day, _) = window else { unreachable!() };
+        let mut all = Vec::new();
+        let mut warnings = Vec::new();
         let mut stack = vec![(0u32, 86_399u32)];
-        let mut total = 0;
         while let Some((a, b)) = stack.pop() {
             let part = Window::Times(day, a, b);
             let (items, full) = self.fetch(client, part, longest_page).await?;
@@ -438,12 +480,11 @@ impl SyncService {
                 continue;
             }
             if full {
-                counts.fail(format!("{part:?} still returns the most the PACS gives; some studies may be missing"));
+                warnings.push(format!("{part:?} still returns the most the PACS gives; some studies may be missing"));
             }
-            total += items.len();
-            self.store_items(tenant, endpoint, items, counts).await?;
+            all.extend(items);
         }
-        Ok((total, false))
+        Ok(Fetched { found: all.len(), items: all, full: false, warnings })
     }
 
     /// Every study of a window, paging until the end (or the result cap).
@@ -489,7 +530,9 @@ impl SyncService {
         Ok((items, false))
     }
 
-    async fn store_items(&self, tenant: TenantId, endpoint: &EndpointRow, items: Vec<DicomObject>, counts: &mut Counts) -> Result<(), RunError> {
+    /// Maps and upserts a window's studies; returns what was seen and skipped.
+    async fn store_items(&self, tenant: TenantId, endpoint: &EndpointRow, items: Vec<DicomObject>) -> Result<Counts, RunError> {
+        let mut counts = Counts::default();
         let wado = endpoint.wado_url.as_deref().unwrap_or(&endpoint.qido_url).to_string();
         let mut upserts = Vec::with_capacity(items.len());
         for item in &items {
@@ -511,7 +554,7 @@ impl SyncService {
                 Err(e) => return Err(RunError::Failed(format!("storing studies: {e}"))),
             }
         }
-        Ok(())
+        Ok(counts)
     }
 }
 
