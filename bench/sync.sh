@@ -39,6 +39,8 @@ JSON
   opid=$!
   trap 'kill $opid 2>/dev/null || true' EXIT
   for _ in $(seq 1 60); do curl -sf -u bench:bench-pw "http://127.0.0.1:$port/system" >/dev/null && break; sleep 0.5; done
+  curl -sf -u bench:bench-pw "http://127.0.0.1:$port/system" >/dev/null || {
+    echo "Orthanc did not start (is another one using $dir?):" >&2; tail -5 "$dir/orthanc.log" >&2; exit 1; }
   have=$(python3 bench/seed_orthanc.py "http://127.0.0.1:$port" bench bench-pw "$N")
   [ "$have" = "$N" ] || { echo "Orthanc holds $have studies, expected $N" >&2; exit 1; }
   dicomweb="http://127.0.0.1:$port/dicom-web"

@@ -12,6 +12,11 @@ pub enum Arg {
     Time(DateTime<Utc>),
     Int(i64),
     Json(Value),
+    /// Nullable values keep their SQL type (PostgreSQL refuses a text NULL in a uuid column).
+    OptText(Option<String>),
+    OptUuid(Option<Uuid>),
+    OptTime(Option<DateTime<Utc>>),
+    OptInt32(Option<i32>),
 }
 
 #[derive(Debug, Default, Clone)]
@@ -48,6 +53,10 @@ macro_rules! bind_args {
                 $crate::db::sql::Arg::Uuid(v) => q.bind(*v),
                 $crate::db::sql::Arg::Time(v) => q.bind(*v),
                 $crate::db::sql::Arg::Int(v) => q.bind(*v),
+                $crate::db::sql::Arg::OptText(v) => q.bind(v.clone()),
+                $crate::db::sql::Arg::OptUuid(v) => q.bind(*v),
+                $crate::db::sql::Arg::OptTime(v) => q.bind(*v),
+                $crate::db::sql::Arg::OptInt32(v) => q.bind(*v),
                 $crate::db::sql::Arg::Json(v) => q.bind(sqlx::types::Json(v.clone())),
             };
         }

@@ -131,6 +131,10 @@ pub trait StudyStore: Send + Sync {
     /// Studies of an endpoint (created, updated) since `since`: the exact outcome of a
     /// sync run, whatever restarts it went through.
     async fn count_changes_since(&self, tenant: TenantId, endpoint: Uuid, since: DateTime<Utc>) -> StoreResult<(i64, i64)>;
+    /// [`StudyStore::upsert`] for a batch (one window of a sync), in a few statements:
+    /// one lookup, one multi-row insert, updates only for studies that changed. Outcomes
+    /// are in input order; UIDs must be distinct.
+    async fn upsert_many(&self, tenant: TenantId, studies: &[StudyUpsert]) -> StoreResult<Vec<UpsertOutcome>>;
     /// One version of a study, as it was.
     async fn get_version(&self, tenant: TenantId, id: Uuid, version: i32) -> StoreResult<StudyVersion>;
     /// Inserts a study; the same Study Instance UID twice in a tenant is a `Conflict`.
@@ -145,9 +149,94 @@ pub struct SqlStudyStore {
     db: Db,
 }
 
+/// Studies per multi-row statement (15 arguments each; both backends allow 32,766).
+const UPSERT_BATCH: usize = 500;
+
 impl SqlStudyStore {
     pub fn new(db: Db) -> Self {
         Self { db }
+    }
+
+    /// One transaction for up to [`UPSERT_BATCH`] studies; `None` where another writer
+    /// got there first (the caller retries those one by one).
+    async fn upsert_chunk(&self, tenant: TenantId, chunk: &[StudyUpsert]) -> StoreResult<Vec<Option<UpsertOutcome>>> {
+        let mut lookup = SqlBuf::new(format!("SELECT {COLUMNS} FROM imaging_studies WHERE tenant_id = "));
+        let t = lookup.arg(Arg::Uuid(tenant.0));
+        lookup.push(&t);
+        let uids: Vec<String> = chunk.iter().map(|s| lookup.arg(Arg::Text(s.study_instance_uid.clone()))).collect();
+        lookup.push(&format!(" AND pacs_study_uid IN ({})", uids.join(", ")));
+        let history = "INSERT INTO imaging_study_versions (tenant_id, study_id, version, status, payload, recorded_at) \
+                       VALUES ($1, $2, $3, $4, $5, $6)";
+        let update = "UPDATE imaging_studies SET patient_id = $3, accession_number = $4, modality = $5, started_at = $6, \
+                      status = $7, pacs_endpoint_id = $8, description = $9, number_of_series = $10, \
+                      number_of_instances = $11, payload = $12, version = version + 1, updated_at = $13 \
+                      WHERE tenant_id = $1 AND id = $2 AND version = $14";
+        on_db!(&self.db, pool => async {
+            let now = crate::db::now();
+            let mut tx = begin_write(pool).await?;
+            let existing: Vec<StudyRow> = bind_args!(sqlx::query_as::<_, StudyRow>(&lookup.text), &lookup.args)
+                .fetch_all(&mut *tx).await?;
+            let by_uid: std::collections::HashMap<&str, &StudyRow> =
+                existing.iter().map(|r| (r.pacs_study_uid.as_str(), r)).collect();
+            let mut outcomes = vec![None; chunk.len()];
+            let mut new: Vec<(usize, Uuid)> = Vec::new();
+            for (i, study) in chunk.iter().enumerate() {
+                match by_uid.get(study.study_instance_uid.as_str()) {
+                    Some(row) if study.matches(row) => outcomes[i] = Some(UpsertOutcome::Unchanged(row.id)),
+                    Some(row) => {
+                        let n = sqlx::query(update)
+                            .bind(tenant.0).bind(row.id).bind(&study.patient_id).bind(&study.accession_number)
+                            .bind(&study.modality).bind(study.started_at).bind(&study.status).bind(study.pacs_endpoint_id)
+                            .bind(&study.description).bind(study.number_of_series).bind(study.number_of_instances)
+                            .bind(Json(&study.payload)).bind(now).bind(row.version)
+                            .execute(&mut *tx).await?.rows_affected();
+                        if n == 1 {
+                            sqlx::query(history).bind(tenant.0).bind(row.id).bind(row.version + 1).bind(&study.status)
+                                .bind(Json(&study.payload)).bind(now).execute(&mut *tx).await?;
+                            outcomes[i] = Some(UpsertOutcome::Updated(row.id));
+                        }
+                    }
+                    None => new.push((i, Uuid::new_v4())),
+                }
+            }
+            if !new.is_empty() {
+                let mut insert = SqlBuf::new(format!("INSERT INTO imaging_studies ({COLUMNS}) VALUES "));
+                for (n, (i, id)) in new.iter().enumerate() {
+                    let s = &chunk[*i];
+                    let values = [
+                        Arg::Uuid(*id), Arg::Uuid(tenant.0), Arg::OptText(s.patient_id.clone()), Arg::OptText(None), Arg::OptUuid(None),
+                        Arg::OptText(s.accession_number.clone()), Arg::OptText(s.modality.clone()), Arg::OptTime(s.started_at),
+                        Arg::Text(s.status.clone()), Arg::Text(s.study_instance_uid.clone()), Arg::OptUuid(s.pacs_endpoint_id),
+                        Arg::OptText(s.description.clone()), Arg::OptInt32(s.number_of_series), Arg::OptInt32(s.number_of_instances),
+                        Arg::Json(s.payload.clone()),
+                        Arg::OptInt32(Some(1)), Arg::Time(now), Arg::Time(now),
+                    ];
+                    let placeholders: Vec<String> = values.into_iter().map(|v| insert.arg(v)).collect();
+                    insert.push(if n == 0 { "(" } else { ", (" }).push(&placeholders.join(", ")).push(")");
+                }
+                insert.push(" ON CONFLICT (tenant_id, pacs_study_uid) DO NOTHING RETURNING id");
+                let inserted: std::collections::HashSet<Uuid> =
+                    bind_args!(sqlx::query_scalar::<_, Uuid>(&insert.text), &insert.args).fetch_all(&mut *tx).await?.into_iter().collect();
+                let mut versions = SqlBuf::new("INSERT INTO imaging_study_versions (tenant_id, study_id, version, status, payload, recorded_at) VALUES ");
+                let mut any = false;
+                for (i, id) in &new {
+                    if !inserted.contains(id) {
+                        continue;
+                    }
+                    let s = &chunk[*i];
+                    let values = [Arg::Uuid(tenant.0), Arg::Uuid(*id), Arg::OptInt32(Some(1)), Arg::Text(s.status.clone()), Arg::Json(s.payload.clone()), Arg::Time(now)];
+                    let placeholders: Vec<String> = values.into_iter().map(|v| versions.arg(v)).collect();
+                    versions.push(if any { ", (" } else { "(" }).push(&placeholders.join(", ")).push(")");
+                    any = true;
+                    outcomes[*i] = Some(UpsertOutcome::Created(*id));
+                }
+                if any {
+                    bind_args!(sqlx::query(&versions.text), &versions.args).execute(&mut *tx).await?;
+                }
+            }
+            tx.commit().await?;
+            Ok::<_, StoreError>(outcomes)
+        }.await)
     }
 
     fn where_clause(&self, tenant: TenantId, q: &StudyQuery, sql: &mut SqlBuf) {
@@ -303,6 +392,25 @@ impl StudyStore for SqlStudyStore {
             }
             Err(StoreError::Conflict(format!("study {} kept changing under concurrent writers", study.study_instance_uid)))
         }.await)
+    }
+
+    #[tracing::instrument(skip_all, fields(tenant_id = %tenant, studies = studies.len()))]
+    async fn upsert_many(&self, tenant: TenantId, studies: &[StudyUpsert]) -> StoreResult<Vec<UpsertOutcome>> {
+        let mut outcomes: Vec<Option<UpsertOutcome>> = vec![None; studies.len()];
+        for (chunk_index, chunk) in studies.chunks(UPSERT_BATCH).enumerate() {
+            let offset = chunk_index * UPSERT_BATCH;
+            let decided = self.upsert_chunk(tenant, chunk).await?;
+            for (i, outcome) in decided.into_iter().enumerate() {
+                outcomes[offset + i] = outcome;
+            }
+        }
+        // What lost a race with another writer goes through the one-by-one path.
+        for (i, outcome) in outcomes.iter_mut().enumerate() {
+            if outcome.is_none() {
+                *outcome = Some(self.upsert(tenant, &studies[i]).await?);
+            }
+        }
+        Ok(outcomes.into_iter().map(|o| o.expect("every study decided")).collect())
     }
 
     async fn count_changes_since(&self, tenant: TenantId, endpoint: Uuid, since: DateTime<Utc>) -> StoreResult<(i64, i64)> {

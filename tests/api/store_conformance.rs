@@ -245,3 +245,51 @@ async fn concurrent_upserts_of_one_new_study_create_exactly_one_row() {
     let rows = store.list(a, &StudyQuery::default(), &page(50)).await.unwrap();
     assert_eq!(rows.len(), 1);
 }
+
+#[tokio::test]
+async fn upsert_many_decides_each_study_in_order_and_keeps_history() {
+    use radiology::studies::store::UpsertOutcome;
+    let (db, _dir) = db().await;
+    let store = SqlStudyStore::new(db);
+    let a = TenantId(Uuid::new_v4());
+    let UpsertOutcome::Created(kept) = store.upsert(a, &upsert_of("1.2.9.1", 1)).await.unwrap() else { panic!() };
+    let UpsertOutcome::Created(changed) = store.upsert(a, &upsert_of("1.2.9.2", 1)).await.unwrap() else { panic!() };
+    let mut change = upsert_of("1.2.9.2", 3);
+    change.started_at = store.get(a, changed).await.unwrap().started_at;
+    let mut same = upsert_of("1.2.9.1", 1);
+    same.started_at = store.get(a, kept).await.unwrap().started_at;
+    let batch = vec![upsert_of("1.2.9.3", 1), same, change, upsert_of("1.2.9.4", 2)];
+    let outcomes = store.upsert_many(a, &batch).await.unwrap();
+    assert!(matches!(outcomes[0], UpsertOutcome::Created(_)));
+    assert_eq!(outcomes[1], UpsertOutcome::Unchanged(kept));
+    assert_eq!(outcomes[2], UpsertOutcome::Updated(changed));
+    let UpsertOutcome::Created(fourth) = outcomes[3] else { panic!("{outcomes:?}") };
+    let row = store.get(a, fourth).await.unwrap();
+    assert_eq!((row.version, row.number_of_series, row.number_of_instances), (1, Some(2), Some(20)));
+    assert_eq!(row.payload.unwrap().0["numberOfSeries"], 2);
+    assert_eq!(store.get_version(a, fourth, 1).await.unwrap().payload.unwrap().0["numberOfSeries"], 2);
+    assert_eq!(store.get(a, changed).await.unwrap().version, 2);
+    assert_eq!(store.get_version(a, changed, 2).await.unwrap().payload.unwrap().0["numberOfSeries"], 3);
+    assert_eq!(store.list(a, &StudyQuery::default(), &page(50)).await.unwrap().len(), 4);
+}
+
+#[tokio::test]
+async fn overlapping_batches_racing_store_each_study_once() {
+    let (db, _dir) = db().await;
+    let store = std::sync::Arc::new(SqlStudyStore::new(db));
+    let a = TenantId(Uuid::new_v4());
+    let batch = |from: usize| (from..from + 40).map(|i| upsert_of(&format!("1.2.10.{}", i + 1), 1)).collect::<Vec<_>>();
+    let tasks: Vec<_> = [0, 20, 10]
+        .into_iter()
+        .map(|from| {
+            let store = store.clone();
+            let studies = batch(from);
+            tokio::spawn(async move { store.upsert_many(a, &studies).await.unwrap() })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap().len(), 40);
+    }
+    let rows = store.list(a, &StudyQuery::default(), &page(500)).await.unwrap();
+    assert_eq!(rows.len(), 60, "studies 1..60, each once");
+}

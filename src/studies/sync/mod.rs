@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Days, FixedOffset, NaiveDate, Utc};
-use futures_util::StreamExt;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -25,7 +24,7 @@ use uuid::Uuid;
 
 use self::store::{RunEnd, SyncStateRow, SyncStore};
 use super::mapping::map_study;
-use super::store::{StudyStore, UpsertOutcome};
+use super::store::StudyStore;
 use crate::auth::TenantId;
 use crate::config::Config;
 use crate::pacs::connectivity::STUDY_INCLUDE_FIELDS;
@@ -37,8 +36,6 @@ use crate::pacs::{EndpointRow, PacsService};
 const MAX_REPORTED_ERRORS: usize = 20;
 const MAX_SPAN_DAYS: i64 = 3650;
 const INITIAL_SPAN_DAYS: i64 = 7;
-/// Upserts in flight per window.
-const UPSERT_CONCURRENCY: usize = 8;
 
 #[derive(Debug, Clone)]
 pub struct SyncSettings {
@@ -192,14 +189,17 @@ impl Progress {
             Window::Dates(from, to) if full && from < to => {
                 self.span_days = ((to - from).num_days() + 1) / 2;
             }
-            Window::Dates(from, _) => {
+            Window::Dates(from, to) => {
                 self.cursor = from.pred_opt();
                 if self.cursor.is_none() {
                     self.floor = NaiveDate::MAX;
                 }
-                if found < max_results / 4 {
-                    self.span_days = (self.span_days * 2).min(MAX_SPAN_DAYS);
-                }
+                // Size the next window from the density just seen, aiming at a quarter of
+                // the cap (room for uneven days), growing at most 16× per step.
+                let span = (to - from).num_days() + 1;
+                let target = (max_results / 4).max(1) as i64;
+                let next = span.saturating_mul(target) / (found as i64).max(1);
+                self.span_days = next.clamp((span / 2).max(1), span.saturating_mul(16)).min(MAX_SPAN_DAYS);
             }
             Window::Times(..) => unreachable!("time windows are resolved inside one day"),
         }
@@ -545,15 +545,10 @@ impl SyncService {
                 }
             }
         }
-        // Collected first: a closure inside the stream would not be `Send` for every lifetime.
-        let pending: Vec<_> = upserts.iter().map(|u| self.studies.upsert(tenant, u)).collect();
-        let results: Vec<_> = futures_util::stream::iter(pending).buffer_unordered(UPSERT_CONCURRENCY).collect().await;
-        for result in results {
-            match result {
-                Ok(UpsertOutcome::Created(_) | UpsertOutcome::Updated(_) | UpsertOutcome::Unchanged(_)) => {}
-                Err(e) => return Err(RunError::Failed(format!("storing studies: {e}"))),
-            }
-        }
+        self.studies
+            .upsert_many(tenant, &upserts)
+            .await
+            .map_err(|e| RunError::Failed(format!("storing studies: {e}")))?;
         Ok(counts)
     }
 }
