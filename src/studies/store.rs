@@ -149,6 +149,15 @@ pub struct SqlStudyStore {
     db: Db,
 }
 
+/// Writes a changed study (optimistic: only if still at version `$14`).
+const UPDATE_CHANGED: &str = "UPDATE imaging_studies SET patient_id = $3, accession_number = $4, modality = $5, started_at = $6, \
+    status = $7, pacs_endpoint_id = $8, description = $9, number_of_series = $10, number_of_instances = $11, \
+    payload = $12, version = version + 1, updated_at = $13 WHERE tenant_id = $1 AND id = $2 AND version = $14";
+
+/// Records one version of a study (FHIR vread).
+const INSERT_VERSION: &str = "INSERT INTO imaging_study_versions (tenant_id, study_id, version, status, payload, recorded_at) \
+    VALUES ($1, $2, $3, $4, $5, $6)";
+
 /// Studies per multi-row statement (15 arguments each; both backends allow 32,766).
 const UPSERT_BATCH: usize = 500;
 
@@ -165,12 +174,6 @@ impl SqlStudyStore {
         lookup.push(&t);
         let uids: Vec<String> = chunk.iter().map(|s| lookup.arg(Arg::Text(s.study_instance_uid.clone()))).collect();
         lookup.push(&format!(" AND pacs_study_uid IN ({})", uids.join(", ")));
-        let history = "INSERT INTO imaging_study_versions (tenant_id, study_id, version, status, payload, recorded_at) \
-                       VALUES ($1, $2, $3, $4, $5, $6)";
-        let update = "UPDATE imaging_studies SET patient_id = $3, accession_number = $4, modality = $5, started_at = $6, \
-                      status = $7, pacs_endpoint_id = $8, description = $9, number_of_series = $10, \
-                      number_of_instances = $11, payload = $12, version = version + 1, updated_at = $13 \
-                      WHERE tenant_id = $1 AND id = $2 AND version = $14";
         on_db!(&self.db, pool => async {
             let now = crate::db::now();
             let mut tx = begin_write(pool).await?;
@@ -184,14 +187,14 @@ impl SqlStudyStore {
                 match by_uid.get(study.study_instance_uid.as_str()) {
                     Some(row) if study.matches(row) => outcomes[i] = Some(UpsertOutcome::Unchanged(row.id)),
                     Some(row) => {
-                        let n = sqlx::query(update)
+                        let n = sqlx::query(UPDATE_CHANGED)
                             .bind(tenant.0).bind(row.id).bind(&study.patient_id).bind(&study.accession_number)
                             .bind(&study.modality).bind(study.started_at).bind(&study.status).bind(study.pacs_endpoint_id)
                             .bind(&study.description).bind(study.number_of_series).bind(study.number_of_instances)
                             .bind(Json(&study.payload)).bind(now).bind(row.version)
                             .execute(&mut *tx).await?.rows_affected();
                         if n == 1 {
-                            sqlx::query(history).bind(tenant.0).bind(row.id).bind(row.version + 1).bind(&study.status)
+                            sqlx::query(INSERT_VERSION).bind(tenant.0).bind(row.id).bind(row.version + 1).bind(&study.status)
                                 .bind(Json(&study.payload)).bind(now).execute(&mut *tx).await?;
                             outcomes[i] = Some(UpsertOutcome::Updated(row.id));
                         }
@@ -341,12 +344,6 @@ impl StudyStore for SqlStudyStore {
              ($1, $2, $3, NULL, NULL, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1, $14, $14) \
              ON CONFLICT (tenant_id, pacs_study_uid) DO NOTHING"
         );
-        let update = "UPDATE imaging_studies SET patient_id = $3, accession_number = $4, modality = $5, started_at = $6, \
-                      status = $7, pacs_endpoint_id = $8, description = $9, number_of_series = $10, \
-                      number_of_instances = $11, payload = $12, version = version + 1, updated_at = $13 \
-                      WHERE tenant_id = $1 AND id = $2 AND version = $14";
-        let history = "INSERT INTO imaging_study_versions (tenant_id, study_id, version, status, payload, recorded_at) \
-                       VALUES ($1, $2, $3, $4, $5, $6)";
         let payload = Json(&study.payload);
         on_db!(&self.db, pool => async {
             // A lost race (another writer inserted or updated first) is retried.
@@ -358,7 +355,7 @@ impl StudyStore for SqlStudyStore {
                 match existing {
                     Some(row) if study.matches(&row) => return Ok(UpsertOutcome::Unchanged(row.id)),
                     Some(row) => {
-                        let n = sqlx::query(update)
+                        let n = sqlx::query(UPDATE_CHANGED)
                             .bind(tenant.0).bind(row.id).bind(&study.patient_id).bind(&study.accession_number)
                             .bind(&study.modality).bind(study.started_at).bind(&study.status).bind(study.pacs_endpoint_id)
                             .bind(&study.description).bind(study.number_of_series).bind(study.number_of_instances)
@@ -367,7 +364,7 @@ impl StudyStore for SqlStudyStore {
                         if n == 0 {
                             continue;
                         }
-                        sqlx::query(history).bind(tenant.0).bind(row.id).bind(row.version + 1).bind(&study.status)
+                        sqlx::query(INSERT_VERSION).bind(tenant.0).bind(row.id).bind(row.version + 1).bind(&study.status)
                             .bind(&payload).bind(now).execute(&mut *tx).await?;
                         tx.commit().await?;
                         return Ok(UpsertOutcome::Updated(row.id));
@@ -383,7 +380,7 @@ impl StudyStore for SqlStudyStore {
                         if n == 0 {
                             continue;
                         }
-                        sqlx::query(history).bind(tenant.0).bind(id).bind(1).bind(&study.status)
+                        sqlx::query(INSERT_VERSION).bind(tenant.0).bind(id).bind(1).bind(&study.status)
                             .bind(&payload).bind(now).execute(&mut *tx).await?;
                         tx.commit().await?;
                         return Ok(UpsertOutcome::Created(id));
