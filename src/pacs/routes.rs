@@ -73,7 +73,15 @@ async fn patch(
     JsonObject(body): JsonObject,
 ) -> ApiResult<Json<EndpointView>> {
     ctx.require(Role::Admin)?;
-    let row = state.pacs.patch(ctx.tenant, parse_uuid(&id)?, &body).await?;
+    let id = parse_uuid(&id)?;
+    let before = state.pacs.get(ctx.tenant, id).await?;
+    let row = state.pacs.patch(ctx.tenant, id, &body).await?;
+    // Another PACS behind the endpoint: its history must be backfilled, not polled from the old watermark.
+    if row.qido_url != before.qido_url && row.active {
+        let default_interval = state.sync.settings().interval.as_secs() as i32;
+        state.sync.store().request_run(ctx.tenant, id, crate::db::now(), true, None, default_interval).await?;
+        tracing::info!(tenant_id = %ctx.tenant, endpoint_id = %id, "qido_url changed; full re-backfill requested");
+    }
     Ok(Json(row.into()))
 }
 

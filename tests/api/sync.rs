@@ -315,6 +315,14 @@ async fn sync_control_is_tenant_scoped_and_needs_admin_to_start() {
     assert_eq!(r.status, StatusCode::ACCEPTED);
     assert_eq!(r.json()["full_requested"], true);
     assert_eq!(r.json()["interval_seconds"], 300, "the endpoint's own poll interval");
+
+    // Pointing the endpoint at another PACS asks for a full re-backfill.
+    let endpoint_path = format!("/v1/radiology/pacs-endpoints/{}", e["id"].as_str().unwrap());
+    let fresh = app.create_endpoint(&endpoint_body("n2", "http://127.0.0.1:9/dicom-web", "u", "p")).await;
+    let fresh_path = format!("/v1/radiology/pacs-endpoints/{}", fresh["id"].as_str().unwrap());
+    assert_eq!(app.patch(&fresh_path, &app.admin(), &json!({"qido_url": "http://127.0.0.1:10/dicom-web"})).await.status, StatusCode::OK);
+    assert_eq!(app.get(&format!("{fresh_path}/sync"), &app.reader()).await.json()["full_requested"], true);
+    assert_eq!(app.patch(&endpoint_path, &app.admin(), &json!({"name": "renamed"})).await.status, StatusCode::OK);
 }
 
 /// A malformed QIDO item is skipped and counted with its reason; the page goes on.
