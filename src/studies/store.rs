@@ -166,6 +166,13 @@ impl SqlStudyStore {
         Self { db }
     }
 
+    fn row_lock(&self) -> &'static str {
+        match self.db {
+            Db::Postgres(_) => " FOR UPDATE",
+            Db::Sqlite(_) => "",
+        }
+    }
+
     /// One transaction for up to [`UPSERT_BATCH`] studies; `None` where another writer
     /// got there first (the caller retries those one by one).
     async fn upsert_chunk(&self, tenant: TenantId, chunk: &[StudyUpsert]) -> StoreResult<Vec<Option<UpsertOutcome>>> {
@@ -173,7 +180,7 @@ impl SqlStudyStore {
         let t = lookup.arg(Arg::Uuid(tenant.0));
         lookup.push(&t);
         let uids: Vec<String> = chunk.iter().map(|s| lookup.arg(Arg::Text(s.study_instance_uid.clone()))).collect();
-        lookup.push(&format!(" AND pacs_study_uid IN ({})", uids.join(", ")));
+        lookup.push(&format!(" AND pacs_study_uid IN ({}){}", uids.join(", "), self.row_lock()));
         on_db!(&self.db, pool => async {
             let now = crate::db::now();
             let mut tx = begin_write(pool).await?;
@@ -338,7 +345,9 @@ impl StudyStore for SqlStudyStore {
 
     #[tracing::instrument(skip_all, fields(tenant_id = %tenant))]
     async fn upsert(&self, tenant: TenantId, study: &StudyUpsert) -> StoreResult<UpsertOutcome> {
-        let select = format!("SELECT {COLUMNS} FROM imaging_studies WHERE tenant_id = $1 AND pacs_study_uid = $2");
+        // PostgreSQL: lock the row so concurrent writers of one study queue instead of
+        // retrying; SQLite's `BEGIN IMMEDIATE` already serializes writers.
+        let select = format!("SELECT {COLUMNS} FROM imaging_studies WHERE tenant_id = $1 AND pacs_study_uid = $2{}", self.row_lock());
         let insert = format!(
             "INSERT INTO imaging_studies ({COLUMNS}) VALUES \
              ($1, $2, $3, NULL, NULL, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1, $14, $14) \

@@ -223,13 +223,15 @@ async fn upsert_creates_then_leaves_unchanged_then_versions_a_change() {
     assert!(matches!(store.get_version(TenantId(Uuid::new_v4()), id, 1).await, Err(StoreError::NotFound)));
 }
 
+/// Ten writers of one new study, each with different content (its `started_at`):
+/// exactly one creates it, none fails.
 #[tokio::test]
 async fn concurrent_upserts_of_one_new_study_create_exactly_one_row() {
     use radiology::studies::store::UpsertOutcome;
     let (db, _dir) = db().await;
     let store = std::sync::Arc::new(SqlStudyStore::new(db));
     let a = TenantId(Uuid::new_v4());
-    let tasks: Vec<_> = (0..10)
+    let tasks: Vec<_> = (0..20)
         .map(|_| {
             let store = store.clone();
             tokio::spawn(async move { store.upsert(a, &upsert_of("1.2.840.77", 1)).await.unwrap() })

@@ -349,3 +349,34 @@ async fn malformed_items_are_skipped_and_counted() {
     assert!(r.errors.iter().any(|e| e.contains("no Study Instance UID")), "{r:?}");
     assert!(r.errors.iter().any(|e| e.contains("1.2.x")), "{r:?}");
 }
+
+/// A run slower than the lease keeps its lease (heartbeat): a second process finds
+/// nothing to claim while it goes on.
+#[tokio::test]
+async fn a_run_longer_than_the_lease_is_not_taken_over() {
+    use wiremock::matchers::method;
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw("[]", "application/dicom+json").set_delay(Duration::from_millis(5000)))
+        .mount(&server)
+        .await;
+    let (url, dir) = fresh_database().await;
+    let since = (Utc::now().date_naive() - Days::new(1)).format("%Y-%m-%d").to_string();
+    let config = Config { data_dir: dir.path().into(), sync_backfill_since: since, sync_lease_seconds: 2, ..TestApp::config_for(&url) };
+    let a = TestApp::spawn_with(config.clone()).await;
+    let b = TestApp::spawn_with(config).await;
+    a.create_endpoint(&endpoint_body("slow", &format!("{}/dicom-web", server.uri()), "u", "p")).await;
+    let first = {
+        let sync = a.state.sync.clone();
+        tokio::spawn(async move { sync.run_until_idle().await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(3000)).await; // past the 2 s lease, mid-run
+    // Without the heartbeat, `b` would claim the endpoint and the two would take it from
+    // each other forever (every window outlasts the lease): hence the timeout.
+    let second = tokio::time::timeout(Duration::from_secs(4), b.state.sync.run_until_idle()).await;
+    assert!(matches!(&second, Ok(Ok(r)) if r.is_empty()), "the running endpoint was taken over: {second:?}");
+    let first = first.await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert!(first[0].ok, "{:?}", first[0]);
+}

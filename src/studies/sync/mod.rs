@@ -311,7 +311,10 @@ impl SyncService {
             .and_then(|p| serde_json::from_value::<Progress>(p.0.clone()).ok())
             .unwrap_or_else(|| Progress::new(now, job.watermark, &self.settings));
         tracing::info!(tenant_id = %tenant, endpoint_id = %job.endpoint_id, phase = ?progress.phase, resumed = job.progress.is_some(), "sync run");
-        let outcome = self.run_windows(tenant, job.endpoint_id, &mut progress).await;
+        let outcome = tokio::select! {
+            outcome = self.run_windows(tenant, job.endpoint_id, &mut progress) => outcome,
+            lost = self.heartbeat(tenant, job.endpoint_id) => Err(lost),
+        };
         let (created, updated) = self.studies.count_changes_since(tenant, job.endpoint_id, progress.run_started_at).await?;
         let finished_at = crate::db::now();
         let report = RunReport {
@@ -382,6 +385,19 @@ impl SyncService {
             tracing::warn!(endpoint_id = %job.endpoint_id, "sync lease lost before the run could be recorded");
         }
         Ok(report)
+    }
+
+    /// Renews the lease every third of its length while a run goes on, so a window
+    /// slower than the lease is never taken over. Completes only if the lease is lost.
+    async fn heartbeat(&self, tenant: TenantId, endpoint_id: Uuid) -> RunError {
+        loop {
+            tokio::time::sleep(self.settings.lease / 3).await;
+            match self.store.renew_lease(tenant, endpoint_id, &self.owner, self.lease_until()).await {
+                Ok(true) => {}
+                Ok(false) => return RunError::LeaseLost,
+                Err(e) => tracing::warn!(endpoint_id = %endpoint_id, error = %e, "could not renew the sync lease"),
+            }
+        }
     }
 
     /// Exponential backoff with ±50 % jitter, so failing endpoints do not retry in step.

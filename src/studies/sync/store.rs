@@ -60,6 +60,8 @@ pub trait SyncStore: Send + Sync {
     async fn claim_due(&self, owner: &str, now: DateTime<Utc>, lease_until: DateTime<Utc>) -> StoreResult<Option<SyncStateRow>>;
     /// Saves progress and renews the lease; `false` when the lease was lost.
     async fn checkpoint(&self, tenant: TenantId, endpoint: Uuid, owner: &str, progress: &Value, lease_until: DateTime<Utc>) -> StoreResult<bool>;
+    /// Extends the lease of a running job; `false` when the lease was lost.
+    async fn renew_lease(&self, tenant: TenantId, endpoint: Uuid, owner: &str, lease_until: DateTime<Utc>) -> StoreResult<bool>;
     /// Ends a run and releases the lease; `false` when the lease was lost.
     async fn finish(&self, tenant: TenantId, endpoint: Uuid, owner: &str, end: &RunEnd) -> StoreResult<bool>;
     async fn get(&self, tenant: TenantId, endpoint: Uuid) -> StoreResult<SyncStateRow>;
@@ -137,6 +139,13 @@ impl SyncStore for SqlSyncStore {
                    WHERE tenant_id = $1 AND endpoint_id = $2 AND lease_owner = $3";
         let n = on_db!(&self.db, pool => sqlx::query(sql).bind(tenant.0).bind(endpoint).bind(owner)
             .bind(Json(progress)).bind(lease_until).bind(crate::db::now())
+            .execute(pool).await.map(|r| r.rows_affected()))?;
+        Ok(n == 1)
+    }
+
+    async fn renew_lease(&self, tenant: TenantId, endpoint: Uuid, owner: &str, lease_until: DateTime<Utc>) -> StoreResult<bool> {
+        let sql = "UPDATE pacs_sync_state SET lease_until = $4 WHERE tenant_id = $1 AND endpoint_id = $2 AND lease_owner = $3";
+        let n = on_db!(&self.db, pool => sqlx::query(sql).bind(tenant.0).bind(endpoint).bind(owner).bind(lease_until)
             .execute(pool).await.map(|r| r.rows_affected()))?;
         Ok(n == 1)
     }
