@@ -105,16 +105,22 @@ impl DicomObject {
 
 fn value_text(v: &Value) -> Option<String> {
     match v {
-        Value::String(s) => Some(s.trim().to_string()),
+        Value::String(s) => Some(clean(s)),
         Value::Number(n) => Some(n.to_string()),
         Value::Object(pn) => pn
             .get("Alphabetic")
             .or_else(|| pn.get("Ideographic"))
             .or_else(|| pn.get("Phonetic"))
             .and_then(Value::as_str)
-            .map(|s| s.trim().to_string()),
+            .map(clean),
         _ => None,
     }
+}
+
+/// Trims padding: spaces, and the NUL that pads UIDs to even length in DICOM (a PACS
+/// that leaks it into JSON would otherwise poison PostgreSQL text and jsonb).
+fn clean(s: &str) -> String {
+    s.replace('\0', "").trim().to_string()
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -167,6 +173,13 @@ mod tests {
         assert_eq!(study.int(tags::NUMBER_OF_STUDY_RELATED_SERIES), Some(2));
         assert_eq!(study.int(tags::NUMBER_OF_STUDY_RELATED_INSTANCES), Some(17));
         assert_eq!(study.string(tags::STUDY_DESCRIPTION), None);
+    }
+
+    #[test]
+    fn nul_padding_is_removed() {
+        let items = parse_dataset_array(br#"[{"0020000D": {"vr": "UI", "Value": ["1.2.3\u0000"]}, "00081030": {"vr": "LO", "Value": ["CT\u0000 HEAD "]}}]"#).unwrap();
+        assert_eq!(items[0].string(tags::STUDY_INSTANCE_UID).as_deref(), Some("1.2.3"));
+        assert_eq!(items[0].string(tags::STUDY_DESCRIPTION).as_deref(), Some("CT HEAD"));
     }
 
     #[test]

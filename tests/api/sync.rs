@@ -380,3 +380,89 @@ async fn a_run_longer_than_the_lease_is_not_taken_over() {
     assert_eq!(first.len(), 1);
     assert!(first[0].ok, "{:?}", first[0]);
 }
+
+/// The real study store, except that one non-empty batch fails (as a database error would).
+struct FailingBatch {
+    inner: radiology::studies::SqlStudyStore,
+    calls: std::sync::atomic::AtomicUsize,
+    fail_at: usize,
+}
+
+#[async_trait::async_trait]
+impl radiology::studies::StudyStore for FailingBatch {
+    async fn insert(&self, t: radiology::auth::TenantId, r: &radiology::studies::StudyRow) -> radiology::db::error::StoreResult<()> {
+        self.inner.insert(t, r).await
+    }
+    async fn get(&self, t: radiology::auth::TenantId, id: Uuid) -> radiology::db::error::StoreResult<radiology::studies::StudyRow> {
+        self.inner.get(t, id).await
+    }
+    async fn get_by_uid(&self, t: radiology::auth::TenantId, uid: &str) -> radiology::db::error::StoreResult<radiology::studies::StudyRow> {
+        self.inner.get_by_uid(t, uid).await
+    }
+    async fn list(
+        &self,
+        t: radiology::auth::TenantId,
+        q: &radiology::studies::store::StudyQuery,
+        p: &radiology::pagination::PageRequest,
+    ) -> radiology::db::error::StoreResult<Vec<radiology::studies::StudyRow>> {
+        self.inner.list(t, q, p).await
+    }
+    async fn count(&self, t: radiology::auth::TenantId, q: &radiology::studies::store::StudyQuery) -> radiology::db::error::StoreResult<i64> {
+        self.inner.count(t, q).await
+    }
+    async fn upsert(
+        &self,
+        t: radiology::auth::TenantId,
+        s: &radiology::studies::store::StudyUpsert,
+    ) -> radiology::db::error::StoreResult<radiology::studies::store::UpsertOutcome> {
+        self.inner.upsert(t, s).await
+    }
+    async fn upsert_many(
+        &self,
+        t: radiology::auth::TenantId,
+        s: &[radiology::studies::store::StudyUpsert],
+    ) -> radiology::db::error::StoreResult<Vec<radiology::studies::store::UpsertOutcome>> {
+        if !s.is_empty() && self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == self.fail_at {
+            return Err(radiology::db::StoreError::Other(anyhow::anyhow!("injected database failure")));
+        }
+        self.inner.upsert_many(t, s).await
+    }
+    async fn count_changes_since(&self, t: radiology::auth::TenantId, e: Uuid, since: chrono::DateTime<Utc>) -> radiology::db::error::StoreResult<(i64, i64)> {
+        self.inner.count_changes_since(t, e, since).await
+    }
+    async fn get_version(&self, t: radiology::auth::TenantId, id: Uuid, v: i32) -> radiology::db::error::StoreResult<radiology::studies::store::StudyVersion> {
+        self.inner.get_version(t, id, v).await
+    }
+}
+
+/// A window whose studies fail to store is not skipped: the next run starts at it.
+#[tokio::test]
+async fn a_failed_store_is_retried_from_the_last_stored_window() {
+    let Some(orthanc) = Orthanc::from_env() else { return };
+    seed(&orthanc, &patient(), 40, 30).await;
+    let on_pacs = orthanc.all_study_uids().await;
+    let (app, _dir, config) = app_with(|c| {
+        c.sync_max_results = 40;
+        c.sync_page_size = 10;
+        c.sync_backfill_since = "2015-01-01".into();
+    })
+    .await;
+    let endpoint = app.create_endpoint(&endpoint_body("orthanc", &orthanc.dicomweb_url(), &orthanc.user, &orthanc.password)).await;
+    let id = endpoint["id"].as_str().unwrap().to_string();
+    let failing = radiology::studies::sync::SyncService::new(
+        app.state.pacs.clone(),
+        std::sync::Arc::new(FailingBatch { inner: radiology::studies::SqlStudyStore::new(app.db.clone()), calls: Default::default(), fail_at: 1 }),
+        std::sync::Arc::new(radiology::studies::sync::store::SqlSyncStore::new(app.db.clone())),
+        radiology::studies::sync::SyncSettings::from_config(&config).unwrap(),
+    );
+    let reports = failing.run_until_idle().await.unwrap();
+    assert!(!reports[0].ok, "the injected failure fails the run: {:?}", reports[0]);
+    assert!(sync_status(&app, &id).await["last_error"].as_str().unwrap().contains("injected"));
+
+    app.post(&format!("/v1/radiology/pacs-endpoints/{id}/sync"), &app.admin(), &json!({})).await;
+    let resumed = app.state.sync.run_until_idle().await.unwrap();
+    assert!(resumed[0].ok, "{:?}", resumed[0]);
+    let stored: HashSet<String> = stored_uids(&app, app.tenant).await.into_iter().collect();
+    let missing: Vec<_> = on_pacs.difference(&stored).collect();
+    assert!(missing.is_empty(), "studies of the failed window were skipped: {} missing", missing.len());
+}

@@ -409,15 +409,18 @@ impl SyncService {
     }
 
     /// Walks the windows of a run. Storing window k overlaps fetching window k+1, and
-    /// window k is checkpointed once stored, so a crash never skips unstored studies.
+    /// window k is checkpointed once stored. `progress` only ever holds what was
+    /// checkpointed (the walk runs ahead on a copy), so a failed run resumes at the
+    /// first window not yet stored.
     async fn run_windows(&self, tenant: TenantId, endpoint_id: Uuid, progress: &mut Progress) -> Result<(), RunError> {
         let endpoint = self.pacs.get(tenant, endpoint_id).await.map_err(|e| RunError::Failed(e.to_string()))?;
         let client = self.pacs.client_for(&endpoint).map_err(|e| RunError::Failed(e.to_string()))?;
         let today = Utc::now().date_naive();
         let mut longest_page = 0;
+        let mut ahead = progress.clone();
         let mut pending: Option<Vec<DicomObject>> = None;
         loop {
-            let next = if self.stopping.load(Ordering::Relaxed) { None } else { progress.next_window(today) };
+            let next = if self.stopping.load(Ordering::Relaxed) { None } else { ahead.next_window(today) };
             let fetch = async {
                 match next {
                     Some(window) => Some(self.fetch_window(&client, window, &mut longest_page).await),
@@ -432,15 +435,18 @@ impl SyncService {
             };
             let (fetched, stored) = tokio::join!(fetch, store);
             if let Some(counts) = stored? {
-                progress.counts.merge(counts);
+                ahead.counts.merge(counts);
+                *progress = ahead.clone();
                 self.checkpoint(tenant, endpoint_id, progress).await?;
             }
             let Some(window) = next else { break };
             let fetched = fetched.expect("a window was fetched")?;
-            progress.counts.merge(Counts { errors: fetched.warnings.clone(), failed: fetched.warnings.len() as i64, ..Counts::default() });
-            progress.advance(window, fetched.found, fetched.full, self.settings.max_results);
+            ahead.counts.merge(Counts { errors: fetched.warnings.clone(), failed: fetched.warnings.len() as i64, ..Counts::default() });
+            ahead.advance(window, fetched.found, fetched.full, self.settings.max_results);
             if fetched.full {
-                self.checkpoint(tenant, endpoint_id, progress).await?; // narrowed; nothing to store
+                // Narrowed; nothing to store.
+                *progress = ahead.clone();
+                self.checkpoint(tenant, endpoint_id, progress).await?;
             } else {
                 pending = Some(fetched.items);
             }
@@ -560,6 +566,9 @@ impl SyncService {
                     counts.fail(format!("study {uid}: {e}"));
                 }
             }
+        }
+        if upserts.is_empty() {
+            return Ok(counts);
         }
         self.studies
             .upsert_many(tenant, &upserts)
