@@ -113,10 +113,6 @@ impl Config {
         let config: Config = figment.extract().context("reading configuration")?;
         Ok(config)
     }
-
-    pub fn is_sqlite(&self) -> bool {
-        self.database_url.starts_with("sqlite:")
-    }
 }
 
 #[cfg(test)]

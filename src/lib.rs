@@ -72,13 +72,15 @@ impl AppState {
         pacs::secrets::seal_plaintext_everywhere(pacs_store.as_ref(), &secrets).await?;
         let pacs = Arc::new(PacsService::new(pacs_store, secrets, http));
         let studies: Arc<dyn StudyStore> = Arc::new(SqlStudyStore::new(db.clone()));
+        let metrics: Arc<Metrics> = Arc::default();
         let sync = Arc::new(SyncService::new(
             pacs.clone(),
             studies.clone(),
             Arc::new(SqlSyncStore::new(db.clone())),
             SyncSettings::from_config(config)?,
+            metrics.clone(),
         ));
-        Ok(AppState { pacs, studies, sync, db, token_keys, metrics: Arc::default() })
+        Ok(AppState { pacs, studies, sync, db, token_keys, metrics })
     }
 }
 

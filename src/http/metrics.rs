@@ -21,6 +21,8 @@ struct Histogram {
 pub struct Metrics {
     requests: Mutex<BTreeMap<(String, String, u16), u64>>,
     latency: Mutex<BTreeMap<(String, String), Histogram>>,
+    sync_runs: Mutex<BTreeMap<&'static str, u64>>,
+    sync_studies: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 fn escape(label: &str) -> String {
@@ -40,6 +42,16 @@ impl Metrics {
         }
         h.sum += seconds;
         h.count += 1;
+    }
+
+    /// Counts one finished QIDO-RS sync run (no tenant or endpoint labels: those are in
+    /// the sync API, and label sets here stay small).
+    pub fn observe_sync_run(&self, ok: bool, seen: i64, created: i64, updated: i64, failed: i64) {
+        *self.sync_runs.lock().unwrap().entry(if ok { "ok" } else { "failed" }).or_default() += 1;
+        let mut studies = self.sync_studies.lock().unwrap();
+        for (outcome, n) in [("seen", seen), ("created", created), ("updated", updated), ("failed", failed)] {
+            *studies.entry(outcome).or_default() += n.max(0) as u64;
+        }
     }
 
     pub fn render(&self, db: &Db) -> String {
@@ -64,6 +76,16 @@ impl Metrics {
             let _ = writeln!(out, "radiology_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
             let _ = writeln!(out, "radiology_http_request_duration_seconds_sum{{{labels}}} {}", h.sum);
             let _ = writeln!(out, "radiology_http_request_duration_seconds_count{{{labels}}} {}", h.count);
+        }
+        out.push_str("# HELP radiology_sync_runs_total QIDO-RS sync runs by result.\n");
+        out.push_str("# TYPE radiology_sync_runs_total counter\n");
+        for (result, n) in self.sync_runs.lock().unwrap().iter() {
+            let _ = writeln!(out, "radiology_sync_runs_total{{result=\"{result}\"}} {n}");
+        }
+        out.push_str("# HELP radiology_sync_studies_total Studies handled by QIDO-RS sync runs, by outcome.\n");
+        out.push_str("# TYPE radiology_sync_studies_total counter\n");
+        for (outcome, n) in self.sync_studies.lock().unwrap().iter() {
+            let _ = writeln!(out, "radiology_sync_studies_total{{outcome=\"{outcome}\"}} {n}");
         }
         let (size, idle, max) = db.pool_stats();
         let backend = db.backend();

@@ -212,7 +212,7 @@ fn components() -> Value {
                 "pacs_endpoint_id": {"type": ["string", "null"], "format": "uuid"}, "description": {"type": ["string", "null"]},
                 "number_of_series": {"type": ["integer", "null"]}, "number_of_instances": {"type": ["integer", "null"]},
                 "version": {"type": "integer"}, "created_at": {"type": "string", "format": "date-time"}, "updated_at": {"type": "string", "format": "date-time"},
-                "fhir": {"description": "The FHIR R4 ImagingStudy resource", "type": ["object", "null"]}}},
+                "fhir": {"description": "The FHIR R4 ImagingStudy resource (as /fhir/r4/ImagingStudy/{id} serves it)", "type": "object"}}},
             "SyncStatus": {"type": "object", "properties": {
                 "endpoint_id": {"type": "string", "format": "uuid"},
                 "state": {"type": "string", "enum": ["pending", "idle", "running", "interrupted", "degraded", "inactive"]},

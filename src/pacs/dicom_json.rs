@@ -71,10 +71,6 @@ impl DicomObject {
         Ok(DicomObject(normalized))
     }
 
-    pub fn vr(&self, tag: &str) -> Option<&str> {
-        self.0.get(tag)?.get("vr")?.as_str()
-    }
-
     fn values(&self, tag: &str) -> &[Value] {
         self.0.get(tag).and_then(|a| a.get("Value")).and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
     }
@@ -96,10 +92,6 @@ impl DicomObject {
             Value::String(s) => s.trim().parse().ok(),
             _ => None,
         }
-    }
-
-    pub fn as_map(&self) -> &Map<String, Value> {
-        &self.0
     }
 }
 

@@ -42,12 +42,12 @@ pub struct StudyView {
     pub version: i32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
-    pub fhir: Option<Value>,
+    pub fhir: Value,
 }
 
 impl From<StudyRow> for StudyView {
     fn from(r: StudyRow) -> Self {
-        let fhir = Some(super::fhir::to_fhir(&r));
+        let fhir = super::fhir::to_fhir(&r);
         StudyView {
             id: r.id,
             study_instance_uid: r.pacs_study_uid,

@@ -18,13 +18,17 @@ fn patient() -> String {
     format!("SYNC-{}", &Uuid::new_v4().simple().to_string()[..10])
 }
 
-/// `n` studies for `patient`, one every `step_days` days back from 2025-06-30.
+/// `n` studies for `patient`, one every `step_days` days back from 2025-06-30. Each call
+/// picks its own second of the minute, so studies of different calls (and of earlier
+/// runs against a long-lived Orthanc) rarely share a date and time: more studies in one
+/// second than a QIDO result cap cannot be split by any query.
 async fn seed(orthanc: &Orthanc, patient: &str, n: usize, step_days: u64) -> HashSet<String> {
     let start = chrono::NaiveDate::from_ymd_opt(2025, 6, 30).unwrap();
+    let second = Uuid::new_v4().as_u128() % 60;
     futures_util::stream::iter(0..n)
         .map(|i| {
             let date = (start - Days::new(i as u64 * step_days)).format("%Y%m%d").to_string();
-            let time = format!("{:02}{:02}00", 7 + i % 12, (i * 7) % 60);
+            let time = format!("{:02}{:02}{second:02}", 7 + i % 12, (i * 7) % 60);
             async move { orthanc.create_study_at(patient, &format!("ACC-{i}"), &date, &time, ["CT", "MR", "US"][i % 3], &format!("STUDY {i}")).await }
         })
         .buffer_unordered(8)
@@ -96,9 +100,13 @@ async fn a_full_sync_stores_every_study_once_across_many_dates_and_a_second_run_
     assert!(listed.iter().all(|s| s["status"] == "available" && s["version"] == 1 && s["pacs_endpoint_id"] == json!(id)));
     let s = listed.iter().find(|s| s["accession_number"] == "ACC-4").unwrap();
     assert_eq!(s["modality"], "MR");
-    assert_eq!(s["started_at"], "2025-06-18T11:28:00Z");
+    assert!(s["started_at"].as_str().unwrap().starts_with("2025-06-18T11:28:"), "{}", s["started_at"]);
     assert_eq!(s["description"], "STUDY 4");
     assert_eq!(s["fhir"]["identifier"][0]["value"], format!("urn:oid:{}", s["study_instance_uid"].as_str().unwrap()));
+
+    let metrics = app.request(reqwest::Method::GET, "/metrics", None, None).await.text;
+    assert!(metrics.contains("radiology_sync_runs_total{result=\"ok\"} 1"), "{metrics}");
+    assert!(metrics.contains(&format!("radiology_sync_studies_total{{outcome=\"created\"}} {}", report.created)), "{metrics}");
 
     let status = sync_status(&app, &id).await;
     assert_eq!(status["state"], "idle");
@@ -454,6 +462,7 @@ async fn a_failed_store_is_retried_from_the_last_stored_window() {
         std::sync::Arc::new(FailingBatch { inner: radiology::studies::SqlStudyStore::new(app.db.clone()), calls: Default::default(), fail_at: 1 }),
         std::sync::Arc::new(radiology::studies::sync::store::SqlSyncStore::new(app.db.clone())),
         radiology::studies::sync::SyncSettings::from_config(&config).unwrap(),
+        app.state.metrics.clone(),
     );
     let reports = failing.run_until_idle().await.unwrap();
     assert!(!reports[0].ok, "the injected failure fails the run: {:?}", reports[0]);

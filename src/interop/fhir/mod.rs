@@ -6,7 +6,7 @@
 pub mod params;
 
 use axum::extract::FromRequestParts;
-use axum::http::header::{CONTENT_TYPE, ETAG, LAST_MODIFIED, LOCATION};
+use axum::http::header::{CONTENT_TYPE, ETAG, LAST_MODIFIED};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -130,10 +130,6 @@ pub fn base_url(headers: &HeaderMap) -> String {
     let host = headers.get("x-forwarded-host").or_else(|| headers.get("host")).and_then(|v| v.to_str().ok()).unwrap_or("localhost");
     let scheme = headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok()).unwrap_or("http");
     format!("{scheme}://{host}{BASE}")
-}
-
-pub fn location(url: &str) -> (axum::http::HeaderName, String) {
-    (LOCATION, url.to_string())
 }
 
 async fn metadata(headers: HeaderMap) -> Response {

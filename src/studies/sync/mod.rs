@@ -27,6 +27,7 @@ use super::mapping::map_study;
 use super::store::StudyStore;
 use crate::auth::TenantId;
 use crate::config::Config;
+use crate::http::metrics::Metrics;
 use crate::pacs::connectivity::STUDY_INCLUDE_FIELDS;
 use crate::pacs::dicom_json::{tags, DicomObject};
 use crate::pacs::dicomweb::DicomWebClient;
@@ -234,6 +235,7 @@ enum RunError {
 }
 
 pub struct SyncService {
+    metrics: Arc<Metrics>,
     pacs: Arc<PacsService>,
     studies: Arc<dyn StudyStore>,
     store: Arc<dyn SyncStore>,
@@ -244,9 +246,15 @@ pub struct SyncService {
 }
 
 impl SyncService {
-    pub fn new(pacs: Arc<PacsService>, studies: Arc<dyn StudyStore>, store: Arc<dyn SyncStore>, settings: SyncSettings) -> Self {
+    pub fn new(
+        pacs: Arc<PacsService>,
+        studies: Arc<dyn StudyStore>,
+        store: Arc<dyn SyncStore>,
+        settings: SyncSettings,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let owner = format!("{}:{}", std::process::id(), Uuid::new_v4().simple());
-        Self { pacs, studies, store, settings, owner, stopping: AtomicBool::new(false) }
+        Self { metrics, pacs, studies, store, settings, owner, stopping: AtomicBool::new(false) }
     }
 
     pub fn settings(&self) -> &SyncSettings {
@@ -381,6 +389,9 @@ impl SyncService {
                 }
             }
         };
+        if !matches!(outcome, Err(RunError::Stopping)) {
+            self.metrics.observe_sync_run(report.ok, report.seen, created, updated, report.failed);
+        }
         if !self.store.finish(tenant, job.endpoint_id, &self.owner, &end).await? {
             tracing::warn!(endpoint_id = %job.endpoint_id, "sync lease lost before the run could be recorded");
         }
