@@ -128,6 +128,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own error type
     fn toml_then_environment_override_defaults() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("radiology.toml", "http_addr = \"127.0.0.1:9999\"\ndb_max_connections = 3\n")?;

@@ -133,9 +133,19 @@ async fn vread(State(state): State<AppState>, ctx: FhirCtx, Path((id, vid)): Pat
     }
 }
 
-/// Turns FHIR search parameters into a study query. Returns the query, the page, the
-/// parameters kept (for the `self` link) and the unknown parameter names.
-fn parse_search(params: &[(String, String)]) -> Result<(StudyQuery, PageRequest, Vec<(String, String)>, Vec<String>), FhirError> {
+/// A FHIR search, parsed.
+#[derive(Debug)]
+struct ParsedSearch {
+    query: StudyQuery,
+    page: PageRequest,
+    /// Parameters kept, for the `self` and `next` links.
+    kept: Vec<(String, String)>,
+    /// Names of parameters this server does not support.
+    unknown: Vec<String>,
+}
+
+/// Turns FHIR search parameters into a study query.
+fn parse_search(params: &[(String, String)]) -> Result<ParsedSearch, FhirError> {
     let mut q = StudyQuery::default();
     let mut errors = Vec::new();
     let mut unknown = Vec::new();
@@ -220,7 +230,7 @@ fn parse_search(params: &[(String, String)]) -> Result<(StudyQuery, PageRequest,
     if !errors.is_empty() {
         return Err(FhirError::invalid(errors));
     }
-    Ok((q, PageRequest { limit: count, after: cursor }, kept, unknown))
+    Ok(ParsedSearch { query: q, page: PageRequest { limit: count, after: cursor }, kept, unknown })
 }
 
 fn query_string(params: &[(String, String)]) -> String {
@@ -234,7 +244,7 @@ async fn search(
     headers: HeaderMap,
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Response, FhirError> {
-    let (query, page, kept, unknown) = parse_search(&params)?;
+    let ParsedSearch { query, page, kept, unknown } = parse_search(&params)?;
     let lenient = headers.get("prefer").and_then(|v| v.to_str().ok()).is_some_and(|p| p.contains("handling=lenient"));
     if !unknown.is_empty() && !lenient {
         let supported: Vec<&str> = SEARCH_PARAMS.iter().map(|p| p.0).collect();
@@ -288,11 +298,11 @@ mod tests {
 
     #[test]
     fn identifiers_map_to_uid_or_accession() {
-        let (q, ..) = parse_search(&p(&[("identifier", "urn:dicom:uid|urn:oid:1.2.3")])).unwrap();
+        let q = parse_search(&p(&[("identifier", "urn:dicom:uid|urn:oid:1.2.3")])).unwrap().query;
         assert_eq!(q.study_instance_uid.as_deref(), Some("1.2.3"));
-        let (q, ..) = parse_search(&p(&[("identifier", "ACC-9")])).unwrap();
+        let q = parse_search(&p(&[("identifier", "ACC-9")])).unwrap().query;
         assert_eq!(q.identifier_any.as_deref(), Some("ACC-9"));
-        let (q, ..) = parse_search(&p(&[("patient", "Patient/P-1"), ("modality", "http://dicom.nema.org/resources/ontology/DCM|CT,MR")])).unwrap();
+        let q = parse_search(&p(&[("patient", "Patient/P-1"), ("modality", "http://dicom.nema.org/resources/ontology/DCM|CT,MR")])).unwrap().query;
         assert_eq!(q.patient_id.as_deref(), Some("P-1"));
         assert_eq!(q.modalities, vec!["CT", "MR"]);
         assert!(parse_search(&p(&[("modality", "DCM|CT")])).is_err(), "a token's system is the code system URI");
@@ -302,8 +312,8 @@ mod tests {
     fn bad_values_and_unknown_parameters_are_reported() {
         let e = parse_search(&p(&[("status", "done"), ("started", "yesterday"), ("_count", "0")])).unwrap_err();
         assert_eq!(e.diagnostics.len(), 3);
-        let (_, _, kept, unknown) = parse_search(&p(&[("bodysite", "head"), ("status", "available")])).unwrap();
-        assert_eq!(unknown, vec!["bodysite"]);
-        assert_eq!(kept.len(), 1);
+        let parsed = parse_search(&p(&[("bodysite", "head"), ("status", "available")])).unwrap();
+        assert_eq!(parsed.unknown, vec!["bodysite"]);
+        assert_eq!(parsed.kept.len(), 1);
     }
 }

@@ -368,13 +368,13 @@ impl StudyStore for SqlStudyStore {
                             .bind(tenant.0).bind(row.id).bind(&study.patient_id).bind(&study.accession_number)
                             .bind(&study.modality).bind(study.started_at).bind(&study.status).bind(study.pacs_endpoint_id)
                             .bind(&study.description).bind(study.number_of_series).bind(study.number_of_instances)
-                            .bind(&payload).bind(now).bind(row.version)
+                            .bind(payload).bind(now).bind(row.version)
                             .execute(&mut *tx).await?.rows_affected();
                         if n == 0 {
                             continue;
                         }
                         sqlx::query(INSERT_VERSION).bind(tenant.0).bind(row.id).bind(row.version + 1).bind(&study.status)
-                            .bind(&payload).bind(now).execute(&mut *tx).await?;
+                            .bind(payload).bind(now).execute(&mut *tx).await?;
                         tx.commit().await?;
                         return Ok(UpsertOutcome::Updated(row.id));
                     }
@@ -384,13 +384,13 @@ impl StudyStore for SqlStudyStore {
                             .bind(id).bind(tenant.0).bind(&study.patient_id).bind(&study.accession_number)
                             .bind(&study.modality).bind(study.started_at).bind(&study.status)
                             .bind(&study.study_instance_uid).bind(study.pacs_endpoint_id).bind(&study.description)
-                            .bind(study.number_of_series).bind(study.number_of_instances).bind(&payload).bind(now)
+                            .bind(study.number_of_series).bind(study.number_of_instances).bind(payload).bind(now)
                             .execute(&mut *tx).await?.rows_affected();
                         if n == 0 {
                             continue;
                         }
                         sqlx::query(INSERT_VERSION).bind(tenant.0).bind(id).bind(1).bind(&study.status)
-                            .bind(&payload).bind(now).execute(&mut *tx).await?;
+                            .bind(payload).bind(now).execute(&mut *tx).await?;
                         tx.commit().await?;
                         return Ok(UpsertOutcome::Created(id));
                     }

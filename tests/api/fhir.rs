@@ -15,6 +15,7 @@ use uuid::Uuid;
 use crate::helpers::{endpoint_body, validate_fhir, Orthanc, TestApp};
 
 /// Stores a study as sync would, from DICOM JSON through the real mapping.
+#[allow(clippy::too_many_arguments)]
 async fn put_study(app: &TestApp, tenant: Uuid, uid: &str, patient: &str, accession: &str, date: &str, modality: &str, tag: Option<&str>) -> Uuid {
     let dicom = DicomObject::from_value(json!({
         "0020000D": {"vr": "UI", "Value": [uid]},
