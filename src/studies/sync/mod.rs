@@ -37,6 +37,8 @@ use crate::pacs::{EndpointRow, PacsService};
 const MAX_REPORTED_ERRORS: usize = 20;
 const MAX_SPAN_DAYS: i64 = 3650;
 const INITIAL_SPAN_DAYS: i64 = 7;
+/// How often the background workers look for endpoints without a sync state.
+const ENSURE_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct SyncSettings {
@@ -243,6 +245,8 @@ pub struct SyncService {
     /// This process's lease owner name.
     owner: String,
     stopping: AtomicBool,
+    /// When the endpoint sweep last ran (the workers throttle it).
+    last_ensure: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl SyncService {
@@ -254,7 +258,7 @@ impl SyncService {
         metrics: Arc<Metrics>,
     ) -> Self {
         let owner = format!("{}:{}", std::process::id(), Uuid::new_v4().simple());
-        Self { metrics, pacs, studies, store, settings, owner, stopping: AtomicBool::new(false) }
+        Self { metrics, pacs, studies, store, settings, owner, stopping: AtomicBool::new(false), last_ensure: Default::default() }
     }
 
     pub fn settings(&self) -> &SyncSettings {
@@ -269,16 +273,23 @@ impl SyncService {
         crate::db::now() + chrono::Duration::from_std(self.settings.lease).expect("lease fits")
     }
 
+    /// Gives every active endpoint (newly registered or migrated by hand) a state row.
+    async fn ensure_states(&self) -> anyhow::Result<()> {
+        *self.last_ensure.lock().expect("not poisoned") = Some(std::time::Instant::now());
+        self.store.ensure_states(crate::db::now(), self.settings.interval.as_secs() as i32).await?;
+        Ok(())
+    }
+
     /// Claims one due endpoint and syncs it. `None` when nothing is due.
     pub async fn run_next(&self) -> anyhow::Result<Option<RunReport>> {
         let now = crate::db::now();
-        self.store.ensure_states(now, self.settings.interval.as_secs() as i32).await?;
         let Some(job) = self.store.claim_due(&self.owner, now, self.lease_until()).await? else { return Ok(None) };
         Ok(Some(self.run_job(job).await?))
     }
 
     /// Runs due jobs until none is left (tests and the CLI drive sync this way).
     pub async fn run_until_idle(&self) -> anyhow::Result<Vec<RunReport>> {
+        self.ensure_states().await?;
         let mut reports = Vec::new();
         while let Some(report) = self.run_next().await? {
             reports.push(report);
@@ -293,6 +304,13 @@ impl SyncService {
                 let service = self.clone();
                 tokio::spawn(async move {
                     while !service.stopping.load(Ordering::Relaxed) {
+                        // The endpoint sweep is cheap but not free: at most every few seconds.
+                        let stale = service.last_ensure.lock().expect("not poisoned").is_none_or(|t| t.elapsed() >= ENSURE_EVERY);
+                        if stale {
+                            if let Err(e) = service.ensure_states().await {
+                                tracing::error!(error.cause_chain = ?e, "sync worker: endpoint sweep");
+                            }
+                        }
                         match service.run_next().await {
                             Ok(Some(_)) => continue,
                             Ok(None) => {}
