@@ -9,49 +9,15 @@
 //! - numberOfSeries (0020,1206), numberOfInstances (0020,1208), description (0008,1030)
 //! - endpoint: a contained Endpoint for the WADO-RS base URL; status `available`
 
-use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
+use chrono::{FixedOffset, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
 use serde_json::{json, Map, Value};
 
+use super::store::StudyUpsert;
 use crate::pacs::dicom_json::{tags, DicomObject};
 
 pub const DCM_SYSTEM: &str = "http://dicom.nema.org/resources/ontology/DCM";
 pub const V2_0203: &str = "http://terminology.hl7.org/CodeSystem/v2-0203";
 pub const DICOM_UID_SYSTEM: &str = "urn:dicom:uid";
-
-/// What a DICOM study maps to.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MappedStudy {
-    pub study_instance_uid: String,
-    pub patient_id: Option<String>,
-    pub accession_number: Option<String>,
-    /// ModalitiesInStudy joined with `\` (DICOM's multi-value separator).
-    pub modality: Option<String>,
-    pub started_at: Option<DateTime<Utc>>,
-    pub description: Option<String>,
-    pub number_of_series: Option<i32>,
-    pub number_of_instances: Option<i32>,
-    /// The ImagingStudy without `id` and `meta` (the store adds those).
-    pub resource: Value,
-}
-
-impl MappedStudy {
-    /// The upsert of this study as found on `pacs_endpoint_id` (status `available`).
-    pub fn into_upsert(self, pacs_endpoint_id: Option<uuid::Uuid>) -> super::store::StudyUpsert {
-        super::store::StudyUpsert {
-            study_instance_uid: self.study_instance_uid,
-            patient_id: self.patient_id,
-            accession_number: self.accession_number,
-            modality: self.modality,
-            started_at: self.started_at,
-            status: "available".into(),
-            pacs_endpoint_id,
-            description: self.description,
-            number_of_series: self.number_of_series,
-            number_of_instances: self.number_of_instances,
-            payload: self.resource,
-        }
-    }
-}
 
 /// Why a QIDO item could not be mapped (it is skipped and counted).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -113,9 +79,11 @@ pub fn parse_offset(text: &str) -> Option<FixedOffset> {
     FixedOffset::east_opt(sign * (hours * 3600 + minutes * 60))
 }
 
-/// Maps one QIDO-RS study. `wado_base` is the WADO-RS base URL for `endpoint`;
-/// `default_offset` applies when the study carries no TimezoneOffsetFromUTC.
-pub fn map_study(d: &DicomObject, wado_base: Option<&str>, default_offset: FixedOffset) -> Result<MappedStudy, MappingError> {
+/// Maps one QIDO-RS study to the upsert of its row (status `available`, no endpoint:
+/// the caller names the endpoint it came from). `wado_base` is the WADO-RS base URL;
+/// `default_offset` applies when the study carries no TimezoneOffsetFromUTC. The
+/// payload is the ImagingStudy without `id` and `meta` (the store adds those).
+pub fn map_study(d: &DicomObject, wado_base: Option<&str>, default_offset: FixedOffset) -> Result<StudyUpsert, MappingError> {
     let uid = d
         .string(tags::STUDY_INSTANCE_UID)
         .ok_or_else(|| MappingError("no Study Instance UID (0020,000D)".into()))?;
@@ -202,7 +170,7 @@ pub fn map_study(d: &DicomObject, wado_base: Option<&str>, default_offset: Fixed
         }]);
         resource["endpoint"] = json!([{"reference": "#wado"}]);
     }
-    Ok(MappedStudy {
+    Ok(StudyUpsert {
         study_instance_uid: uid,
         patient_id,
         accession_number: accession,
@@ -211,7 +179,9 @@ pub fn map_study(d: &DicomObject, wado_base: Option<&str>, default_offset: Fixed
         description,
         number_of_series,
         number_of_instances,
-        resource,
+        status: "available".into(),
+        pacs_endpoint_id: None,
+        payload: resource,
     })
 }
 
@@ -250,7 +220,7 @@ mod tests {
         assert_eq!(m.modality.as_deref(), Some("CT\\SR"));
         assert_eq!(m.number_of_series, Some(3));
         assert_eq!(m.number_of_instances, Some(120));
-        let r = &m.resource;
+        let r = &m.payload;
         assert_eq!(r["identifier"][0], json!({"system": "urn:dicom:uid", "value": "urn:oid:1.2.840.113619.2.55.3"}));
         assert_eq!(r["identifier"][1]["type"]["coding"][0]["code"], "ACSN");
         assert_eq!(r["identifier"][1]["value"], "ACC-7");
@@ -266,7 +236,7 @@ mod tests {
     #[test]
     fn timezone_offset_from_utc_is_applied() {
         let m = map_study(&study(json!({"00080201": {"vr": "SH", "Value": ["+0100"]}})), None, utc()).unwrap();
-        assert_eq!(m.resource["started"], "2024-01-05T10:15:00.250+01:00");
+        assert_eq!(m.payload["started"], "2024-01-05T10:15:00.250+01:00");
         assert_eq!(m.started_at.unwrap().to_rfc3339(), "2024-01-05T09:15:00.250+00:00");
     }
 
@@ -274,9 +244,9 @@ mod tests {
     fn a_date_without_time_gives_a_fhir_date() {
         let map = json!({"0020000D": {"vr": "UI", "Value": ["1.2.3"]}, "00080020": {"vr": "DA", "Value": ["20231231"]}});
         let m = map_study(&DicomObject::from_value(map).unwrap(), None, utc()).unwrap();
-        assert_eq!(m.resource["started"], "2023-12-31");
-        assert!(m.resource.get("modality").is_none());
-        assert_eq!(m.resource["subject"]["type"], "Patient");
+        assert_eq!(m.payload["started"], "2023-12-31");
+        assert!(m.payload.get("modality").is_none());
+        assert_eq!(m.payload["subject"]["type"], "Patient");
     }
 
     #[test]

@@ -118,20 +118,21 @@ async fn oauth2_token_is_fetched_once_and_cached_until_expiry() {
     assert!(token_request.headers.get("authorization").unwrap().to_str().unwrap().starts_with("Basic "));
 }
 
-#[tokio::test]
-async fn a_rejected_token_is_refreshed_once() {
-    let server = MockServer::start().await;
+/// The token endpoint issues `tok-old` once, then answers every request with `then`.
+async fn token_endpoint_then(server: &MockServer, then: ResponseTemplate) {
     Mock::given(method("POST"))
         .and(path("/token"))
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({"access_token": "tok-old", "expires_in": 3600})))
         .up_to_n_times(1)
-        .mount(&server)
+        .mount(server)
         .await;
-    Mock::given(method("POST"))
-        .and(path("/token"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"access_token": "tok-new", "expires_in": 3600})))
-        .mount(&server)
-        .await;
+    Mock::given(method("POST")).and(path("/token")).respond_with(then).mount(server).await;
+}
+
+#[tokio::test]
+async fn a_rejected_token_is_refreshed_once() {
+    let server = MockServer::start().await;
+    token_endpoint_then(&server, ResponseTemplate::new(200).set_body_json(json!({"access_token": "tok-new", "expires_in": 3600}))).await;
     Mock::given(method("GET")).and(header("authorization", "Bearer tok-new")).respond_with(dicom_json(json!([]))).mount(&server).await;
     Mock::given(method("GET")).respond_with(ResponseTemplate::new(401)).mount(&server).await;
     let app = TestApp::spawn().await;
@@ -145,17 +146,11 @@ async fn a_rejected_token_is_refreshed_once() {
 #[tokio::test]
 async fn a_401_on_token_refresh_fails_at_auth_with_the_oauth_error() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/token"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"access_token": "tok-old", "expires_in": 3600})))
-        .up_to_n_times(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("POST"))
-        .and(path("/token"))
-        .respond_with(ResponseTemplate::new(401).set_body_json(json!({"error": "invalid_client", "error_description": "client secret expired"})))
-        .mount(&server)
-        .await;
+    token_endpoint_then(
+        &server,
+        ResponseTemplate::new(401).set_body_json(json!({"error": "invalid_client", "error_description": "client secret expired"})),
+    )
+    .await;
     Mock::given(method("GET")).respond_with(ResponseTemplate::new(401)).mount(&server).await;
     let app = TestApp::spawn().await;
     let id = app.create_endpoint(&oauth_body(&server)).await["id"].as_str().unwrap().to_string();

@@ -30,7 +30,7 @@ async fn put_study(app: &TestApp, tenant: Uuid, uid: &str, patient: &str, access
     }))
     .unwrap();
     let m = map_study(&dicom, Some("http://pacs.example/dicom-web"), chrono::FixedOffset::east_opt(0).unwrap()).unwrap();
-    let mut upsert = m.into_upsert(None);
+    let mut upsert = m;
     if let Some(code) = tag {
         upsert.payload["meta"] = json!({"tag": [{"system": "urn:test:tags", "code": code}]});
     }

@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use self::store::{RunEnd, SyncStateRow, SyncStore};
 use super::mapping::map_study;
-use super::store::StudyStore;
+use super::store::{StudyStore, StudyUpsert};
 use crate::auth::TenantId;
 use crate::config::Config;
 use crate::http::metrics::Metrics;
@@ -589,7 +589,7 @@ impl SyncService {
         for item in &items {
             counts.seen += 1;
             match map_study(item, Some(&wado), self.settings.default_offset) {
-                Ok(m) => upserts.push(m.into_upsert(Some(endpoint.id))),
+                Ok(upsert) => upserts.push(StudyUpsert { pacs_endpoint_id: Some(endpoint.id), ..upsert }),
                 Err(e) => {
                     let uid = item.string(tags::STUDY_INSTANCE_UID).unwrap_or_else(|| "?".into());
                     counts.fail(format!("study {uid}: {e}"));
