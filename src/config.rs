@@ -73,6 +73,17 @@ pub struct Config {
     pub sync_overlap_days: u32,
     /// UTC offset (+HH:MM) assumed for study times without TimezoneOffsetFromUTC.
     pub dicom_default_utc_offset: String,
+    /// Hosts `$import` may fetch http(s) inputs from (comma list of `host` or
+    /// `host:port`); empty = none.
+    pub import_allowed_hosts: String,
+    /// Folder `$import` may read `file://` inputs from; unset = none.
+    pub import_dir: Option<PathBuf>,
+    /// Import jobs this process runs at once (one per tenant at a time in any case).
+    pub import_workers: u32,
+    /// Resources per stored batch (one transaction, one checkpoint).
+    pub import_batch_size: u32,
+    /// How long a process holds an import job's lease without renewing it.
+    pub import_lease_seconds: u32,
 }
 
 impl Default for Config {
@@ -96,6 +107,11 @@ impl Default for Config {
             sync_backfill_since: "1900-01-01".into(),
             sync_overlap_days: 1,
             dicom_default_utc_offset: "+00:00".into(),
+            import_allowed_hosts: String::new(),
+            import_dir: None,
+            import_workers: 1,
+            import_batch_size: 1000,
+            import_lease_seconds: 60,
         }
     }
 }

@@ -48,6 +48,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound => ApiError::NotFound,
             StoreError::Conflict(what) => ApiError::Conflict(what),
+            StoreError::Fenced => ApiError::Conflict("the work item is held by another worker".into()),
             StoreError::Other(e) => ApiError::Internal(e),
         }
     }

@@ -13,6 +13,7 @@ pub mod interop;
 pub mod keys;
 pub mod pacs;
 pub mod pagination;
+pub mod reports;
 pub mod studies;
 pub mod telemetry;
 
@@ -32,6 +33,9 @@ use crate::pacs::{PacsService, SqlPacsStore};
 use crate::studies::sync::store::SqlSyncStore;
 use crate::studies::sync::{SyncService, SyncSettings};
 use crate::studies::{SqlStudyStore, StudyStore};
+use crate::reports::{ReportStore, SqlReportStore};
+use crate::interop::import::store::SqlImportStore;
+use crate::interop::import::{ImportService, ImportSettings};
 
 /// Everything a request handler may need. Cheap to clone.
 #[derive(Clone)]
@@ -40,7 +44,9 @@ pub struct AppState {
     pub token_keys: Arc<TokenKeys>,
     pub pacs: Arc<PacsService>,
     pub studies: Arc<dyn StudyStore>,
+    pub reports: Arc<dyn ReportStore>,
     pub sync: Arc<SyncService>,
+    pub imports: Arc<ImportService>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -70,9 +76,17 @@ impl AppState {
             .context("building the HTTP client")?;
         let pacs_store = Arc::new(SqlPacsStore::new(db.clone()));
         pacs::secrets::seal_plaintext_everywhere(pacs_store.as_ref(), &secrets).await?;
-        let pacs = Arc::new(PacsService::new(pacs_store, secrets, http));
+        let pacs = Arc::new(PacsService::new(pacs_store, secrets, http.clone()));
         let studies: Arc<dyn StudyStore> = Arc::new(SqlStudyStore::new(db.clone()));
+        let reports: Arc<dyn ReportStore> = Arc::new(SqlReportStore::new(db.clone()));
         let metrics: Arc<Metrics> = Arc::default();
+        let imports = Arc::new(ImportService::new(
+            Arc::new(SqlImportStore::new(db.clone())),
+            studies.clone(),
+            reports.clone(),
+            http.clone(),
+            ImportSettings::from_config(config),
+        ));
         let sync = Arc::new(SyncService::new(
             pacs.clone(),
             studies.clone(),
@@ -80,7 +94,7 @@ impl AppState {
             SyncSettings::from_config(config)?,
             metrics.clone(),
         ));
-        Ok(AppState { pacs, studies, sync, db, token_keys, metrics })
+        Ok(AppState { pacs, studies, reports, sync, imports, db, token_keys, metrics })
     }
 }
 
@@ -106,14 +120,19 @@ impl Application {
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let db = self.state.db.clone();
         let sync = self.state.sync.clone();
-        let workers = if sync.settings().enabled { sync.spawn_workers() } else { Vec::new() };
-        tracing::info!(addr = %self.local_addr(), database = db.backend(), sync_workers = workers.len(), "radiology service listening");
+        let imports = self.state.imports.clone();
+        let mut workers = if sync.settings().enabled { sync.spawn_workers() } else { Vec::new() };
+        let sync_workers = workers.len();
+        workers.extend(imports.spawn_workers());
+        tracing::info!(addr = %self.local_addr(), database = db.backend(), sync_workers, import_workers = imports.settings().workers, "radiology service listening");
         let served = http::serve(self.listener, self.state, shutdown).await;
-        // Running syncs checkpoint and release their leases at the next window.
+        // Running syncs and imports checkpoint and release their leases at the next
+        // window or batch.
         sync.stop();
+        imports.stop();
         for worker in workers {
             if tokio::time::timeout(std::time::Duration::from_secs(30), worker).await.is_err() {
-                tracing::warn!("a sync worker did not stop within 30 s");
+                tracing::warn!("a background worker did not stop within 30 s");
             }
         }
         db.close().await;

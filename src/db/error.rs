@@ -6,6 +6,9 @@ pub enum StoreError {
     NotFound,
     #[error("conflict: {0}")]
     Conflict(String),
+    /// A fenced write found its lease (or job) no longer held; nothing was written.
+    #[error("the lease is no longer held")]
+    Fenced,
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }

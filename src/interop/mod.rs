@@ -2,3 +2,4 @@
 //! and bulk `$import` will live here too.
 
 pub mod fhir;
+pub mod import;

@@ -20,11 +20,8 @@ use super::store::{StudyQuery, StudyRow};
 use crate::auth::TenantId;
 use crate::db::StoreError;
 use crate::interop::fhir::params::{date_bounds, token};
-use crate::interop::fhir::{base_url, fhir_json, operation_outcome, resource_response, FhirCtx, FhirError, BASE};
-use crate::pagination::{Cursor, PageRequest, MAX_LIMIT};
+use crate::interop::fhir::{fhir_json, resource_response, FhirCtx, FhirError, SearchCommon, BASE};
 use crate::AppState;
-
-const DEFAULT_COUNT: i64 = 50;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -137,31 +134,17 @@ async fn vread(State(state): State<AppState>, ctx: FhirCtx, Path((id, vid)): Pat
 #[derive(Debug)]
 struct ParsedSearch {
     query: StudyQuery,
-    page: PageRequest,
-    /// Parameters kept, for the `self` and `next` links.
-    kept: Vec<(String, String)>,
-    /// Names of parameters this server does not support.
-    unknown: Vec<String>,
+    common: SearchCommon,
 }
 
 /// Turns FHIR search parameters into a study query.
-fn parse_search(params: &[(String, String)]) -> Result<ParsedSearch, FhirError> {
+fn parse_search(params: &[(String, String)]) -> ParsedSearch {
     let mut q = StudyQuery::default();
-    let mut errors = Vec::new();
-    let mut unknown = Vec::new();
-    let mut kept = Vec::new();
-    let mut count = DEFAULT_COUNT;
-    let mut cursor = None;
-    for (name, value) in params {
-        let mut keep = true;
-        match name.as_str() {
+    let common = SearchCommon::parse(params, |name, value, errors| {
+        match name {
             "_id" => {
-                for v in value.split(',') {
-                    match Uuid::parse_str(v) {
-                        Ok(id) => q.ids.push(id),
-                        Err(_) => q.ids.push(Uuid::nil()), // an id that cannot exist matches nothing
-                    }
-                }
+                // an id that cannot exist matches nothing
+                q.ids.extend(value.split(',').map(|v| Uuid::parse_str(v).unwrap_or(Uuid::nil())));
             }
             "patient" => q.patient_id = Some(value.strip_prefix("Patient/").unwrap_or(value).to_string()),
             "patient:identifier" => q.patient_id = Some(token(value).1),
@@ -196,45 +179,13 @@ fn parse_search(params: &[(String, String)]) -> Result<ParsedSearch, FhirError> 
                 Ok(b) => q.started.extend(b),
                 Err(e) => errors.push(format!("started: {e}")),
             },
-            "_lastUpdated" => match date_bounds(value) {
-                Ok(b) => q.last_updated.extend(b),
-                Err(e) => errors.push(format!("_lastUpdated: {e}")),
-            },
-            "_tag" => {
-                for v in value.split(',') {
-                    let (system, code) = token(v);
-                    q.tags.push((system.filter(|s| !s.is_empty()), code));
-                }
-            }
-            "_count" => match value.parse::<i64>() {
-                Ok(n) if (1..=MAX_LIMIT).contains(&n) => count = n,
-                _ => errors.push(format!("_count: must be an integer from 1 to {MAX_LIMIT}")),
-            },
-            "_cursor" => {
-                keep = false;
-                match Cursor::decode(value) {
-                    Ok(c) => cursor = Some(c),
-                    Err(_) => errors.push("_cursor: is not a cursor this server issued".into()),
-                }
-            }
-            "_format" if value.contains("json") => {}
-            _ => {
-                keep = false;
-                unknown.push(name.clone());
-            }
+            _ => return false,
         }
-        if keep {
-            kept.push((name.clone(), value.clone()));
-        }
-    }
-    if !errors.is_empty() {
-        return Err(FhirError::invalid(errors));
-    }
-    Ok(ParsedSearch { query: q, page: PageRequest { limit: count, after: cursor }, kept, unknown })
-}
-
-fn query_string(params: &[(String, String)]) -> String {
-    url::form_urlencoded::Serializer::new(String::new()).extend_pairs(params.iter()).finish()
+        true
+    });
+    q.tags = common.tags.clone();
+    q.last_updated = common.last_updated.clone();
+    ParsedSearch { query: q, common }
 }
 
 #[tracing::instrument(skip_all, fields(tenant_id = %ctx.0.tenant))]
@@ -244,48 +195,15 @@ async fn search(
     headers: HeaderMap,
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Response, FhirError> {
-    let ParsedSearch { query, page, kept, unknown } = parse_search(&params)?;
-    let lenient = headers.get("prefer").and_then(|v| v.to_str().ok()).is_some_and(|p| p.contains("handling=lenient"));
-    if !unknown.is_empty() && !lenient {
-        let supported: Vec<&str> = SEARCH_PARAMS.iter().map(|p| p.0).collect();
-        return Err(FhirError::invalid(
-            unknown
-                .iter()
-                .map(|u| format!("unknown search parameter {u:?} for ImagingStudy; supported: {}, _count", supported.join(", ")))
-                .collect(),
-        ));
-    }
+    let ParsedSearch { query, common } = parse_search(&params);
+    let supported: Vec<&str> = SEARCH_PARAMS.iter().map(|p| p.0).collect();
+    common.check(&headers, "ImagingStudy", &supported)?;
     let tenant = ctx.0.tenant;
+    let page = common.page();
     let (rows, total) = tokio::try_join!(state.studies.list(tenant, &query, &page), state.studies.count(tenant, &query))?;
-    let base = base_url(&headers);
-    let more = rows.len() as i64 > page.limit;
-    let rows = &rows[..rows.len().min(page.limit as usize)];
-    let mut self_params = kept.clone();
-    if let Some(after) = page.after {
-        self_params.push(("_cursor".into(), after.encode()));
-    }
-    let mut links = vec![json!({"relation": "self", "url": format!("{base}/ImagingStudy?{}", query_string(&self_params))})];
-    if more {
-        let mut next = kept.clone();
-        next.push(("_cursor".into(), rows.last().expect("a full page has a last row").cursor().encode()));
-        links.push(json!({"relation": "next", "url": format!("{base}/ImagingStudy?{}", query_string(&next))}));
-    }
-    let mut entries: Vec<Value> = rows
-        .iter()
-        .map(|row| json!({"fullUrl": format!("{base}/ImagingStudy/{}", row.id), "resource": to_fhir(row), "search": {"mode": "match"}}))
-        .collect();
-    if !unknown.is_empty() {
-        let notes: Vec<String> = unknown.iter().map(|u| format!("unknown search parameter {u:?} was ignored")).collect();
-        entries.push(json!({"resource": operation_outcome("warning", "not-supported", &notes), "search": {"mode": "outcome"}}));
-    }
-    let bundle = json!({
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "total": total,
-        "link": links,
-        "entry": entries,
-    });
-    Ok(fhir_json(StatusCode::OK, bundle))
+    let cursors = rows.iter().map(StudyRow::cursor).collect();
+    let resources = rows.iter().map(|row| (row.id.to_string(), to_fhir(row))).collect();
+    Ok(fhir_json(StatusCode::OK, common.bundle(&headers, "ImagingStudy", total, resources, cursors)))
 }
 
 #[cfg(test)]
@@ -298,21 +216,21 @@ mod tests {
 
     #[test]
     fn identifiers_map_to_uid_or_accession() {
-        let q = parse_search(&p(&[("identifier", "urn:dicom:uid|urn:oid:1.2.3")])).unwrap().query;
+        let q = parse_search(&p(&[("identifier", "urn:dicom:uid|urn:oid:1.2.3")])).query;
         assert_eq!(q.study_instance_uid.as_deref(), Some("1.2.3"));
-        let q = parse_search(&p(&[("identifier", "ACC-9")])).unwrap().query;
+        let q = parse_search(&p(&[("identifier", "ACC-9")])).query;
         assert_eq!(q.identifier_any.as_deref(), Some("ACC-9"));
-        let q = parse_search(&p(&[("patient", "Patient/P-1"), ("modality", "http://dicom.nema.org/resources/ontology/DCM|CT,MR")])).unwrap().query;
+        let q = parse_search(&p(&[("patient", "Patient/P-1"), ("modality", "http://dicom.nema.org/resources/ontology/DCM|CT,MR")])).query;
         assert_eq!(q.patient_id.as_deref(), Some("P-1"));
         assert_eq!(q.modalities, vec!["CT", "MR"]);
-        assert!(parse_search(&p(&[("modality", "DCM|CT")])).is_err(), "a token's system is the code system URI");
+        assert!(!parse_search(&p(&[("modality", "DCM|CT")])).common.errors.is_empty(), "a token's system is the code system URI");
     }
 
     #[test]
     fn bad_values_and_unknown_parameters_are_reported() {
-        let e = parse_search(&p(&[("status", "done"), ("started", "yesterday"), ("_count", "0")])).unwrap_err();
-        assert_eq!(e.diagnostics.len(), 3);
-        let parsed = parse_search(&p(&[("bodysite", "head"), ("status", "available")])).unwrap();
+        let e = parse_search(&p(&[("status", "done"), ("started", "yesterday"), ("_count", "0")])).common;
+        assert_eq!(e.errors.len(), 3);
+        let parsed = parse_search(&p(&[("bodysite", "head"), ("status", "available")])).common;
         assert_eq!(parsed.unknown, vec!["bodysite"]);
         assert_eq!(parsed.kept.len(), 1);
     }

@@ -3,6 +3,7 @@
 //! the legacy `radiology_pacs` migration.
 
 pub mod fhir;
+pub mod from_fhir;
 pub mod mapping;
 pub mod routes;
 pub mod store;

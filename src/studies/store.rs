@@ -11,7 +11,10 @@ use crate::db::error::StoreResult;
 use crate::db::{Db, StoreError};
 use crate::bind_args;
 use crate::db::begin_write;
-use crate::db::sql::{Arg, SqlBuf};
+use crate::db::sql::{AfterWrite, Arg, SqlBuf};
+pub use crate::db::sql::UpsertOutcome;
+use crate::interop::fhir::resource::carry_tags;
+use crate::run_followups;
 use crate::on_db;
 use crate::pagination::{Cursor, PageRequest};
 
@@ -90,26 +93,26 @@ pub struct StudyUpsert {
 }
 
 impl StudyUpsert {
-    /// True when `row` already says everything this upsert says.
-    fn matches(&self, row: &StudyRow) -> bool {
+    /// The payload to store over `row`: this one, with the tags of the stored version
+    /// carried over (FHIR keeps tags across updates).
+    fn payload_over(&self, row: &StudyRow) -> Value {
+        row.payload.as_ref().and_then(|old| carry_tags(&self.payload, &old.0)).unwrap_or_else(|| self.payload.clone())
+    }
+
+    /// True when `row` already says everything this upsert says. An upsert without an
+    /// endpoint (an import) keeps the row's endpoint.
+    fn matches(&self, row: &StudyRow, payload: &Value) -> bool {
         row.patient_id == self.patient_id
             && row.accession_number == self.accession_number
             && row.modality == self.modality
             && row.started_at == self.started_at
             && row.status == self.status
-            && row.pacs_endpoint_id == self.pacs_endpoint_id
+            && (self.pacs_endpoint_id.is_none() || row.pacs_endpoint_id == self.pacs_endpoint_id)
             && row.description == self.description
             && row.number_of_series == self.number_of_series
             && row.number_of_instances == self.number_of_instances
-            && row.payload.as_ref().map(|p| &p.0) == Some(&self.payload)
+            && row.payload.as_ref().map(|p| &p.0) == Some(payload)
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpsertOutcome {
-    Created(Uuid),
-    Updated(Uuid),
-    Unchanged(Uuid),
 }
 
 /// One stored version of a study (FHIR vread).
@@ -131,10 +134,16 @@ pub trait StudyStore: Send + Sync {
     /// Studies of an endpoint (created, updated) since `since`: the exact outcome of a
     /// sync run, whatever restarts it went through.
     async fn count_changes_since(&self, tenant: TenantId, endpoint: Uuid, since: DateTime<Utc>) -> StoreResult<(i64, i64)>;
-    /// [`StudyStore::upsert`] for a batch (one window of a sync), in a few statements:
-    /// one lookup, one multi-row insert, updates only for studies that changed. Outcomes
-    /// are in input order; UIDs must be distinct.
-    async fn upsert_many(&self, tenant: TenantId, studies: &[StudyUpsert]) -> StoreResult<Vec<UpsertOutcome>>;
+    /// [`StudyStore::upsert`] for a batch, in one transaction and a few statements per
+    /// 500 studies: one lookup, one multi-row insert, updates only for studies that
+    /// changed. `after` adds statements to the same transaction (a fenced checkpoint);
+    /// if a fence fails nothing is written. Outcomes are in input order; UIDs must be
+    /// distinct.
+    async fn upsert_batch(&self, tenant: TenantId, studies: &[StudyUpsert], after: Option<AfterWrite<'_>>) -> StoreResult<Vec<UpsertOutcome>>;
+    /// [`StudyStore::upsert_batch`] with nothing else in the transaction (one window of a sync).
+    async fn upsert_many(&self, tenant: TenantId, studies: &[StudyUpsert]) -> StoreResult<Vec<UpsertOutcome>> {
+        self.upsert_batch(tenant, studies, None).await
+    }
     /// One version of a study, as it was.
     async fn get_version(&self, tenant: TenantId, id: Uuid, version: i32) -> StoreResult<StudyVersion>;
     /// Inserts a study; the same Study Instance UID twice in a tenant is a `Conflict`.
@@ -151,12 +160,13 @@ pub struct SqlStudyStore {
 
 /// Writes a changed study (optimistic: only if still at version `$14`).
 const UPDATE_CHANGED: &str = "UPDATE imaging_studies SET patient_id = $3, accession_number = $4, modality = $5, started_at = $6, \
-    status = $7, pacs_endpoint_id = $8, description = $9, number_of_series = $10, number_of_instances = $11, \
+    status = $7, pacs_endpoint_id = COALESCE($8, pacs_endpoint_id), description = $9, number_of_series = $10, number_of_instances = $11, \
     payload = $12, version = version + 1, updated_at = $13 WHERE tenant_id = $1 AND id = $2 AND version = $14";
 
-/// Records one version of a study (FHIR vread).
+/// Keeps a superseded version of a study (FHIR vread); the current one is the row.
+/// Databases written before this rule also hold current versions, hence the ON CONFLICT.
 const INSERT_VERSION: &str = "INSERT INTO imaging_study_versions (tenant_id, study_id, version, status, payload, recorded_at) \
-    VALUES ($1, $2, $3, $4, $5, $6)";
+    VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant_id, study_id, version) DO NOTHING";
 
 /// Studies per multi-row statement (15 arguments each; both backends allow 32,766).
 const UPSERT_BATCH: usize = 500;
@@ -171,82 +181,6 @@ impl SqlStudyStore {
             Db::Postgres(_) => " FOR UPDATE",
             Db::Sqlite(_) => "",
         }
-    }
-
-    /// One transaction for up to [`UPSERT_BATCH`] studies; `None` where another writer
-    /// got there first (the caller retries those one by one).
-    async fn upsert_chunk(&self, tenant: TenantId, chunk: &[StudyUpsert]) -> StoreResult<Vec<Option<UpsertOutcome>>> {
-        let mut lookup = SqlBuf::new(format!("SELECT {COLUMNS} FROM imaging_studies WHERE tenant_id = "));
-        let t = lookup.arg(Arg::Uuid(tenant.0));
-        lookup.push(&t);
-        let uids: Vec<String> = chunk.iter().map(|s| lookup.arg(Arg::Text(s.study_instance_uid.clone()))).collect();
-        lookup.push(&format!(" AND pacs_study_uid IN ({}){}", uids.join(", "), self.row_lock()));
-        on_db!(&self.db, pool => async {
-            let now = crate::db::now();
-            let mut tx = begin_write(pool).await?;
-            let existing: Vec<StudyRow> = bind_args!(sqlx::query_as::<_, StudyRow>(&lookup.text), &lookup.args)
-                .fetch_all(&mut *tx).await?;
-            let by_uid: std::collections::HashMap<&str, &StudyRow> =
-                existing.iter().map(|r| (r.pacs_study_uid.as_str(), r)).collect();
-            let mut outcomes = vec![None; chunk.len()];
-            let mut new: Vec<(usize, Uuid)> = Vec::new();
-            for (i, study) in chunk.iter().enumerate() {
-                match by_uid.get(study.study_instance_uid.as_str()) {
-                    Some(row) if study.matches(row) => outcomes[i] = Some(UpsertOutcome::Unchanged(row.id)),
-                    Some(row) => {
-                        let n = sqlx::query(UPDATE_CHANGED)
-                            .bind(tenant.0).bind(row.id).bind(&study.patient_id).bind(&study.accession_number)
-                            .bind(&study.modality).bind(study.started_at).bind(&study.status).bind(study.pacs_endpoint_id)
-                            .bind(&study.description).bind(study.number_of_series).bind(study.number_of_instances)
-                            .bind(Json(&study.payload)).bind(now).bind(row.version)
-                            .execute(&mut *tx).await?.rows_affected();
-                        if n == 1 {
-                            sqlx::query(INSERT_VERSION).bind(tenant.0).bind(row.id).bind(row.version + 1).bind(&study.status)
-                                .bind(Json(&study.payload)).bind(now).execute(&mut *tx).await?;
-                            outcomes[i] = Some(UpsertOutcome::Updated(row.id));
-                        }
-                    }
-                    None => new.push((i, Uuid::new_v4())),
-                }
-            }
-            if !new.is_empty() {
-                let mut insert = SqlBuf::new(format!("INSERT INTO imaging_studies ({COLUMNS}) VALUES "));
-                for (n, (i, id)) in new.iter().enumerate() {
-                    let s = &chunk[*i];
-                    let values = [
-                        Arg::Uuid(*id), Arg::Uuid(tenant.0), Arg::OptText(s.patient_id.clone()), Arg::OptText(None), Arg::OptUuid(None),
-                        Arg::OptText(s.accession_number.clone()), Arg::OptText(s.modality.clone()), Arg::OptTime(s.started_at),
-                        Arg::Text(s.status.clone()), Arg::Text(s.study_instance_uid.clone()), Arg::OptUuid(s.pacs_endpoint_id),
-                        Arg::OptText(s.description.clone()), Arg::OptInt32(s.number_of_series), Arg::OptInt32(s.number_of_instances),
-                        Arg::Json(s.payload.clone()),
-                        Arg::OptInt32(Some(1)), Arg::Time(now), Arg::Time(now),
-                    ];
-                    let placeholders: Vec<String> = values.into_iter().map(|v| insert.arg(v)).collect();
-                    insert.push(if n == 0 { "(" } else { ", (" }).push(&placeholders.join(", ")).push(")");
-                }
-                insert.push(" ON CONFLICT (tenant_id, pacs_study_uid) DO NOTHING RETURNING id");
-                let inserted: std::collections::HashSet<Uuid> =
-                    bind_args!(sqlx::query_scalar::<_, Uuid>(&insert.text), &insert.args).fetch_all(&mut *tx).await?.into_iter().collect();
-                let mut versions = SqlBuf::new("INSERT INTO imaging_study_versions (tenant_id, study_id, version, status, payload, recorded_at) VALUES ");
-                let mut any = false;
-                for (i, id) in &new {
-                    if !inserted.contains(id) {
-                        continue;
-                    }
-                    let s = &chunk[*i];
-                    let values = [Arg::Uuid(tenant.0), Arg::Uuid(*id), Arg::OptInt32(Some(1)), Arg::Text(s.status.clone()), Arg::Json(s.payload.clone()), Arg::Time(now)];
-                    let placeholders: Vec<String> = values.into_iter().map(|v| versions.arg(v)).collect();
-                    versions.push(if any { ", (" } else { "(" }).push(&placeholders.join(", ")).push(")");
-                    any = true;
-                    outcomes[*i] = Some(UpsertOutcome::Created(*id));
-                }
-                if any {
-                    bind_args!(sqlx::query(&versions.text), &versions.args).execute(&mut *tx).await?;
-                }
-            }
-            tx.commit().await?;
-            Ok::<_, StoreError>(outcomes)
-        }.await)
     }
 
     fn where_clause(&self, tenant: TenantId, q: &StudyQuery, sql: &mut SqlBuf) {
@@ -345,78 +279,97 @@ impl StudyStore for SqlStudyStore {
 
     #[tracing::instrument(skip_all, fields(tenant_id = %tenant))]
     async fn upsert(&self, tenant: TenantId, study: &StudyUpsert) -> StoreResult<UpsertOutcome> {
-        // PostgreSQL: lock the row so concurrent writers of one study queue instead of
-        // retrying; SQLite's `BEGIN IMMEDIATE` already serializes writers.
-        let select = format!("SELECT {COLUMNS} FROM imaging_studies WHERE tenant_id = $1 AND pacs_study_uid = $2{}", self.row_lock());
-        let insert = format!(
-            "INSERT INTO imaging_studies ({COLUMNS}) VALUES \
-             ($1, $2, $3, NULL, NULL, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1, $14, $14) \
-             ON CONFLICT (tenant_id, pacs_study_uid) DO NOTHING"
-        );
-        let payload = Json(&study.payload);
-        on_db!(&self.db, pool => async {
-            // A lost race (another writer inserted or updated first) is retried.
-            for _ in 0..5 {
-                let now = crate::db::now();
-                let mut tx = begin_write(pool).await?;
-                let existing = sqlx::query_as::<_, StudyRow>(&select)
-                    .bind(tenant.0).bind(&study.study_instance_uid).fetch_optional(&mut *tx).await?;
-                match existing {
-                    Some(row) if study.matches(&row) => return Ok(UpsertOutcome::Unchanged(row.id)),
-                    Some(row) => {
-                        let n = sqlx::query(UPDATE_CHANGED)
-                            .bind(tenant.0).bind(row.id).bind(&study.patient_id).bind(&study.accession_number)
-                            .bind(&study.modality).bind(study.started_at).bind(&study.status).bind(study.pacs_endpoint_id)
-                            .bind(&study.description).bind(study.number_of_series).bind(study.number_of_instances)
-                            .bind(payload).bind(now).bind(row.version)
-                            .execute(&mut *tx).await?.rows_affected();
-                        if n == 0 {
-                            continue;
-                        }
-                        sqlx::query(INSERT_VERSION).bind(tenant.0).bind(row.id).bind(row.version + 1).bind(&study.status)
-                            .bind(payload).bind(now).execute(&mut *tx).await?;
-                        tx.commit().await?;
-                        return Ok(UpsertOutcome::Updated(row.id));
-                    }
-                    None => {
-                        let id = Uuid::new_v4();
-                        let n = sqlx::query(&insert)
-                            .bind(id).bind(tenant.0).bind(&study.patient_id).bind(&study.accession_number)
-                            .bind(&study.modality).bind(study.started_at).bind(&study.status)
-                            .bind(&study.study_instance_uid).bind(study.pacs_endpoint_id).bind(&study.description)
-                            .bind(study.number_of_series).bind(study.number_of_instances).bind(payload).bind(now)
-                            .execute(&mut *tx).await?.rows_affected();
-                        if n == 0 {
-                            continue;
-                        }
-                        sqlx::query(INSERT_VERSION).bind(tenant.0).bind(id).bind(1).bind(&study.status)
-                            .bind(payload).bind(now).execute(&mut *tx).await?;
-                        tx.commit().await?;
-                        return Ok(UpsertOutcome::Created(id));
-                    }
-                }
-            }
-            Err(StoreError::Conflict(format!("study {} kept changing under concurrent writers", study.study_instance_uid)))
-        }.await)
+        Ok(self.upsert_batch(tenant, std::slice::from_ref(study), None).await?[0])
     }
 
     #[tracing::instrument(skip_all, fields(tenant_id = %tenant, studies = studies.len()))]
-    async fn upsert_many(&self, tenant: TenantId, studies: &[StudyUpsert]) -> StoreResult<Vec<UpsertOutcome>> {
-        let mut outcomes: Vec<Option<UpsertOutcome>> = vec![None; studies.len()];
-        for (chunk_index, chunk) in studies.chunks(UPSERT_BATCH).enumerate() {
-            let offset = chunk_index * UPSERT_BATCH;
-            let decided = self.upsert_chunk(tenant, chunk).await?;
-            for (i, outcome) in decided.into_iter().enumerate() {
-                outcomes[offset + i] = outcome;
+    async fn upsert_batch(&self, tenant: TenantId, studies: &[StudyUpsert], after: Option<AfterWrite<'_>>) -> StoreResult<Vec<UpsertOutcome>> {
+        let lock = self.row_lock();
+        on_db!(&self.db, pool => async {
+            let now = crate::db::now();
+            let mut tx = begin_write(pool).await?;
+            let mut outcomes: Vec<Option<UpsertOutcome>> = vec![None; studies.len()];
+            for (chunk_index, chunk) in studies.chunks(UPSERT_BATCH).enumerate() {
+                let offset = chunk_index * UPSERT_BATCH;
+                // PostgreSQL locks the rows it may update, so concurrent writers of one
+                // study queue; SQLite's BEGIN IMMEDIATE already serializes writers. An
+                // insert that loses a race (ON CONFLICT DO NOTHING) is looked up again.
+                let mut pending: Vec<usize> = (0..chunk.len()).collect();
+                for _attempt in 0..5 {
+                    if pending.is_empty() {
+                        break;
+                    }
+                    let mut lookup = SqlBuf::new(format!("SELECT {COLUMNS} FROM imaging_studies WHERE tenant_id = "));
+                    let t = lookup.arg(Arg::Uuid(tenant.0));
+                    lookup.push(&t);
+                    let uids: Vec<String> = pending.iter().map(|i| lookup.arg(Arg::Text(chunk[*i].study_instance_uid.clone()))).collect();
+                    lookup.push(&format!(" AND pacs_study_uid IN ({}){lock}", uids.join(", ")));
+                    let existing: Vec<StudyRow> = bind_args!(sqlx::query_as::<_, StudyRow>(&lookup.text), &lookup.args)
+                        .fetch_all(&mut *tx).await?;
+                    let by_uid: std::collections::HashMap<&str, &StudyRow> =
+                        existing.iter().map(|r| (r.pacs_study_uid.as_str(), r)).collect();
+                    let mut new: Vec<(usize, Uuid)> = Vec::new();
+                    for &i in &pending {
+                        let study = &chunk[i];
+                        let Some(row) = by_uid.get(study.study_instance_uid.as_str()) else {
+                            new.push((i, Uuid::new_v4()));
+                            continue;
+                        };
+                        let payload = study.payload_over(row);
+                        if study.matches(row, &payload) {
+                            outcomes[offset + i] = Some(UpsertOutcome::Unchanged(row.id));
+                            continue;
+                        }
+                        sqlx::query(INSERT_VERSION).bind(tenant.0).bind(row.id).bind(row.version).bind(&row.status)
+                            .bind(&row.payload).bind(row.updated_at).execute(&mut *tx).await?;
+                        sqlx::query(UPDATE_CHANGED)
+                            .bind(tenant.0).bind(row.id).bind(&study.patient_id).bind(&study.accession_number)
+                            .bind(&study.modality).bind(study.started_at).bind(&study.status).bind(study.pacs_endpoint_id)
+                            .bind(&study.description).bind(study.number_of_series).bind(study.number_of_instances)
+                            .bind(Json(&payload)).bind(now).bind(row.version)
+                            .execute(&mut *tx).await?;
+                        outcomes[offset + i] = Some(UpsertOutcome::Updated(row.id));
+                    }
+                    pending.clear();
+                    if new.is_empty() {
+                        continue;
+                    }
+                    let mut insert = SqlBuf::new(format!("INSERT INTO imaging_studies ({COLUMNS}) VALUES "));
+                    for (n, (i, id)) in new.iter().enumerate() {
+                        let s = &chunk[*i];
+                        let values = [
+                            Arg::Uuid(*id), Arg::Uuid(tenant.0), Arg::OptText(s.patient_id.clone()), Arg::OptText(None), Arg::OptUuid(None),
+                            Arg::OptText(s.accession_number.clone()), Arg::OptText(s.modality.clone()), Arg::OptTime(s.started_at),
+                            Arg::Text(s.status.clone()), Arg::Text(s.study_instance_uid.clone()), Arg::OptUuid(s.pacs_endpoint_id),
+                            Arg::OptText(s.description.clone()), Arg::OptInt32(s.number_of_series), Arg::OptInt32(s.number_of_instances),
+                            Arg::Json(s.payload.clone()),
+                            Arg::OptInt32(Some(1)), Arg::Time(now), Arg::Time(now),
+                        ];
+                        let placeholders: Vec<String> = values.into_iter().map(|v| insert.arg(v)).collect();
+                        insert.push(if n == 0 { "(" } else { ", (" }).push(&placeholders.join(", ")).push(")");
+                    }
+                    insert.push(" ON CONFLICT (tenant_id, pacs_study_uid) DO NOTHING RETURNING id");
+                    let inserted: std::collections::HashSet<Uuid> =
+                        bind_args!(sqlx::query_scalar::<_, Uuid>(&insert.text), &insert.args).fetch_all(&mut *tx).await?.into_iter().collect();
+                    for (i, id) in new {
+                        if inserted.contains(&id) {
+                            outcomes[offset + i] = Some(UpsertOutcome::Created(id));
+                        } else {
+                            pending.push(i);
+                        }
+                    }
+                }
+                if !pending.is_empty() {
+                    return Err(StoreError::Conflict("studies kept changing under concurrent writers".into()));
+                }
             }
-        }
-        // What lost a race with another writer goes through the one-by-one path.
-        for (i, outcome) in outcomes.iter_mut().enumerate() {
-            if outcome.is_none() {
-                *outcome = Some(self.upsert(tenant, &studies[i]).await?);
+            let outcomes: Vec<UpsertOutcome> = outcomes.into_iter().map(|o| o.expect("every study decided")).collect();
+            if let Some(after) = after {
+                run_followups!(tx, after(&outcomes))?;
             }
-        }
-        Ok(outcomes.into_iter().map(|o| o.expect("every study decided")).collect())
+            tx.commit().await?;
+            Ok::<_, StoreError>(outcomes)
+        }.await)
     }
 
     async fn count_changes_since(&self, tenant: TenantId, endpoint: Uuid, since: DateTime<Utc>) -> StoreResult<(i64, i64)> {
@@ -434,7 +387,16 @@ impl StudyStore for SqlStudyStore {
                    WHERE tenant_id = $1 AND study_id = $2 AND version = $3";
         let row = on_db!(&self.db, pool => sqlx::query_as::<_, StudyVersion>(sql)
             .bind(tenant.0).bind(id).bind(version).fetch_optional(pool).await)?;
-        row.ok_or(StoreError::NotFound)
+        match row {
+            Some(v) => Ok(v),
+            None => {
+                let current = self.get(tenant, id).await?;
+                if current.version != version {
+                    return Err(StoreError::NotFound);
+                }
+                Ok(StudyVersion { study_id: id, version, status: current.status, payload: current.payload, recorded_at: current.updated_at })
+            }
+        }
     }
 
     #[tracing::instrument(skip_all, fields(tenant_id = %tenant, study_id = %id))]

@@ -5,6 +5,7 @@ mod connectivity;
 mod faults;
 mod fhir;
 mod helpers;
+mod import;
 mod legacy_migration;
 mod ops;
 mod pacs_endpoints;

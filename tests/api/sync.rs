@@ -435,6 +435,14 @@ impl radiology::studies::StudyStore for FailingBatch {
         }
         self.inner.upsert_many(t, s).await
     }
+    async fn upsert_batch(
+        &self,
+        t: radiology::auth::TenantId,
+        s: &[radiology::studies::store::StudyUpsert],
+        after: Option<radiology::db::sql::AfterWrite<'_>>,
+    ) -> radiology::db::error::StoreResult<Vec<radiology::studies::store::UpsertOutcome>> {
+        self.inner.upsert_batch(t, s, after).await
+    }
     async fn count_changes_since(&self, t: radiology::auth::TenantId, e: Uuid, since: chrono::DateTime<Utc>) -> radiology::db::error::StoreResult<(i64, i64)> {
         self.inner.count_changes_since(t, e, since).await
     }

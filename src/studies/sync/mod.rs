@@ -297,6 +297,43 @@ impl SyncService {
         Ok(reports)
     }
 
+    /// Walks an endpoint's studies from today back to `since` with the sync's windows
+    /// (so a PACS that caps its results is still read whole), handing each window's
+    /// mapped studies to `sink` and storing nothing: `radiology export-studies`.
+    /// Returns the studies handed over and the warnings (unmappable items, capped windows).
+    pub async fn walk_studies(
+        &self,
+        tenant: TenantId,
+        endpoint_id: Uuid,
+        since: NaiveDate,
+        sink: &mut (dyn FnMut(Vec<StudyUpsert>) -> anyhow::Result<()> + Send),
+    ) -> anyhow::Result<(usize, Vec<String>)> {
+        let endpoint = self.pacs.get(tenant, endpoint_id).await?;
+        let client = self.pacs.client_for(&endpoint)?;
+        let wado = endpoint.wado_url.as_deref().unwrap_or(&endpoint.qido_url).to_string();
+        let today = Utc::now().date_naive();
+        let mut progress = Progress::new(Utc::now(), None, &self.settings);
+        progress.floor = since;
+        let (mut longest_page, mut total, mut warnings) = (0, 0, Vec::new());
+        while let Some(window) = progress.next_window(today) {
+            let fetched = self.fetch_window(&client, window, &mut longest_page).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            warnings.extend(fetched.warnings);
+            progress.advance(window, fetched.found, fetched.full, self.settings.max_results);
+            let mut studies = Vec::with_capacity(fetched.items.len());
+            for item in &fetched.items {
+                match map_study(item, Some(&wado), self.settings.default_offset) {
+                    Ok(study) => studies.push(study),
+                    Err(e) => warnings.push(format!("study {}: {e}", item.string(tags::STUDY_INSTANCE_UID).unwrap_or_else(|| "?".into()))),
+                }
+            }
+            total += studies.len();
+            if !studies.is_empty() {
+                sink(studies)?;
+            }
+        }
+        Ok((total, warnings))
+    }
+
     /// The background worker: `concurrency` loops claiming due endpoints until `stop`.
     pub fn spawn_workers(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
         (0..self.settings.concurrency)

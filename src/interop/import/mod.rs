@@ -1,0 +1,452 @@
+//! FHIR bulk `$import` of ImagingStudy and DiagnosticReport NDJSON, tagged `historical`.
+//!
+//! A job lists inputs (type + URL). Workers claim jobs with a row lease (one running
+//! job per tenant, oldest first) and stream each input line by line: each line is
+//! parsed, checked against its declared type and validated; good resources are
+//! upserted by business identifier in batches, and each batch commits together with
+//! its rejected lines (one OperationOutcome each) and the input's checkpoint (byte
+//! offset, line, counts), fenced by the lease. A job killed at any point resumes after
+//! its last stored batch, and its counts are exact. The same engine runs `radiology
+//! import` (the job then belongs to the CLI process).
+
+pub mod request;
+pub mod routes;
+pub mod source;
+pub mod store;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use url::Url;
+use uuid::Uuid;
+
+use self::request::ImportRequest;
+use self::source::{Line, LineReader, SourcePolicy};
+use self::store::{checkpoint, rejected_lines, source_ids, ImportStore, InputRow, JobRow, NewJob, Progress};
+use crate::auth::TenantId;
+use crate::config::Config;
+use crate::db::sql::UpsertOutcome;
+use crate::db::StoreError;
+use crate::interop::fhir::resource::Issue;
+use crate::reports::store::ReportUpsert;
+use crate::reports::ReportStore;
+use crate::studies::store::StudyUpsert;
+use crate::studies::StudyStore;
+
+/// Raw bytes per batch at most, whatever the line count (bounds memory for big lines).
+const BATCH_BYTES: usize = 8 * 1024 * 1024;
+/// Batches parsed ahead of the one being written.
+const READ_AHEAD: usize = 2;
+
+#[derive(Debug, Clone)]
+pub struct ImportSettings {
+    pub policy: SourcePolicy,
+    pub batch_size: usize,
+    pub lease: Duration,
+    pub workers: usize,
+    /// Attempts (claims) after which a job that keeps failing is marked failed.
+    pub max_attempts: i32,
+    pub retry_base: Duration,
+}
+
+impl ImportSettings {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            policy: SourcePolicy::restricted(&config.import_allowed_hosts, config.import_dir.as_deref()),
+            batch_size: config.import_batch_size.clamp(1, 10_000) as usize,
+            lease: Duration::from_secs(config.import_lease_seconds.max(2).into()),
+            workers: config.import_workers as usize,
+            max_attempts: 5,
+            retry_base: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why a job stopped before finishing.
+#[derive(Debug, thiserror::Error)]
+enum RunError {
+    /// The lease was lost or the job cancelled: someone else owns what happens next.
+    #[error("the job is no longer ours (cancelled, or its lease expired)")]
+    Lost,
+    #[error("the service is stopping")]
+    Stopping,
+    /// Worth retrying: the source or the database failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<StoreError> for RunError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Fenced => RunError::Lost,
+            other => RunError::Failed(format!("database: {other}")),
+        }
+    }
+}
+
+/// Resources of one batch, ready to upsert.
+enum Items {
+    Studies { upserts: Vec<StudyUpsert>, source_ids: Vec<(String, String)> },
+    Reports(Vec<ReportUpsert>),
+}
+
+impl Items {
+    fn len(&self) -> usize {
+        match self {
+            Items::Studies { upserts, .. } => upserts.len(),
+            Items::Reports(r) => r.len(),
+        }
+    }
+}
+
+/// Lines of one input up to `end`, parsed.
+struct Batch {
+    items: Items,
+    rejected: Vec<(i64, Value)>,
+    end_offset: i64,
+    end_line: i64,
+    done: bool,
+}
+
+/// What a finished job did, per input (for the CLI's summary).
+#[derive(Debug, Clone)]
+pub struct JobSummary {
+    pub job: JobRow,
+    pub inputs: Vec<InputRow>,
+}
+
+pub struct ImportService {
+    store: Arc<dyn ImportStore>,
+    studies: Arc<dyn StudyStore>,
+    reports: Arc<dyn ReportStore>,
+    http: reqwest::Client,
+    settings: ImportSettings,
+    owner: String,
+    stopping: AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
+impl ImportService {
+    pub fn new(
+        store: Arc<dyn ImportStore>,
+        studies: Arc<dyn StudyStore>,
+        reports: Arc<dyn ReportStore>,
+        http: reqwest::Client,
+        settings: ImportSettings,
+    ) -> Self {
+        let owner = format!("{}:{}", std::process::id(), Uuid::new_v4());
+        Self { store, studies, reports, http, settings, owner, stopping: AtomicBool::new(false), wake: tokio::sync::Notify::new() }
+    }
+
+    pub fn store(&self) -> &Arc<dyn ImportStore> {
+        &self.store
+    }
+
+    pub fn settings(&self) -> &ImportSettings {
+        &self.settings
+    }
+
+    /// Records a job; the service's workers pick it up (in order, per tenant).
+    pub async fn submit(&self, tenant: TenantId, request: &ImportRequest, requested_by: Option<String>) -> Result<JobRow, StoreError> {
+        let job = self
+            .store
+            .create(tenant, NewJob { origin: "api", request: request.to_json(), requested_by, inputs: request.inputs.clone() })
+            .await?;
+        self.wake.notify_waiters();
+        Ok(job)
+    }
+
+    pub fn spawn_workers(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
+        (0..self.settings.workers)
+            .map(|_| {
+                let service = self.clone();
+                tokio::spawn(async move {
+                    while !service.stopping.load(Ordering::Relaxed) {
+                        let lease_until = Utc::now() + service.settings.lease;
+                        match service.store.claim(&service.owner, lease_until).await {
+                            Ok(Some(job)) => {
+                                service.run(job, &|_| {}).await;
+                                continue;
+                            }
+                            Ok(None) => {}
+                            Err(e) => tracing::error!(error = %e, "import worker: claiming a job"),
+                        }
+                        tokio::select! {
+                            _ = service.wake.notified() => {}
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        }
+                    }
+                })
+            })
+            .collect()
+    }
+
+    /// Asks running jobs to stop after their current batch (they resume elsewhere).
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        self.wake.notify_waiters();
+    }
+
+    /// Creates a job for the operator's CLI and runs it here to the end.
+    pub async fn run_cli(&self, tenant: TenantId, request: &ImportRequest, on_progress: &(dyn Fn(&[InputRow]) + Sync)) -> anyhow::Result<JobSummary> {
+        let job = self
+            .store
+            .create(tenant, NewJob { origin: "cli", request: request.to_json(), requested_by: Some("radiology import".into()), inputs: request.inputs.clone() })
+            .await?;
+        let job = self
+            .store
+            .claim_id(job.id, &self.owner, Utc::now() + self.settings.lease)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("could not take the job just created"))?;
+        self.run(job.clone(), on_progress).await;
+        let (job, inputs) = self.store.get(tenant, job.id).await?;
+        Ok(JobSummary { job, inputs })
+    }
+
+    /// Runs a claimed job to its end (or until it is lost), keeping its lease alive.
+    async fn run(&self, job: JobRow, on_progress: &(dyn Fn(&[InputRow]) + Sync)) {
+        let tenant = TenantId(job.tenant_id);
+        let lost = AtomicBool::new(false);
+        let work = self.run_inputs(tenant, &job, &lost, on_progress);
+        // Renews the lease until the work ends; a lost lease is noticed by the work at
+        // its next batch (and its fenced checkpoint could not commit anyway).
+        let heartbeat = async {
+            while !lost.load(Ordering::Relaxed) {
+                tokio::time::sleep(self.settings.lease / 3).await;
+                match self.store.heartbeat(job.id, &self.owner, Utc::now() + self.settings.lease).await {
+                    Ok(true) => {}
+                    Ok(false) => lost.store(true, Ordering::Relaxed),
+                    Err(e) => tracing::warn!(error = %e, job_id = %job.id, "import heartbeat failed; retrying"),
+                }
+            }
+            std::future::pending::<()>().await
+        };
+        let result = tokio::select! {
+            r = work => r,
+            _ = heartbeat => unreachable!("the heartbeat never ends by itself"),
+        };
+        let outcome = match result {
+            Ok(()) => self.store.finish(job.id, &self.owner, "completed", None).await.map(|_| ()),
+            Err(RunError::Lost) => {
+                tracing::info!(job_id = %job.id, "import job stopped: cancelled or taken over");
+                Ok(())
+            }
+            Err(RunError::Stopping) => self.store.release(job.id, &self.owner, None, crate::db::now()).await,
+            Err(RunError::Failed(reason)) => {
+                if job.attempts >= self.settings.max_attempts {
+                    tracing::error!(job_id = %job.id, %reason, "import job failed for good");
+                    self.store.finish(job.id, &self.owner, "failed", Some(&reason)).await.map(|_| ())
+                } else {
+                    let wait = self.settings.retry_base * 2u32.pow(job.attempts.clamp(0, 10) as u32);
+                    tracing::warn!(job_id = %job.id, %reason, retry_in_s = wait.as_secs(), "import job failed; will retry");
+                    self.store.release(job.id, &self.owner, Some(&reason), crate::db::now() + wait).await
+                }
+            }
+        };
+        if let Err(e) = outcome {
+            tracing::error!(error = %e, job_id = %job.id, "recording the end of an import job");
+        }
+    }
+
+    async fn run_inputs(&self, tenant: TenantId, job: &JobRow, lost: &AtomicBool, on_progress: &(dyn Fn(&[InputRow]) + Sync)) -> Result<(), RunError> {
+        let (_, inputs) = self.store.get(tenant, job.id).await?;
+        for input in inputs.iter().filter(|i| !i.done) {
+            self.run_input(tenant, job.id, input, lost, &|| async {
+                if let Ok((_, now)) = self.store.get(tenant, job.id).await {
+                    on_progress(&now);
+                }
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Streams one input from its checkpoint: parsing runs ahead of storing.
+    async fn run_input<F, Fut>(&self, tenant: TenantId, job: Uuid, input: &InputRow, lost: &AtomicBool, progress: &F) -> Result<(), RunError>
+    where
+        F: Fn() -> Fut + Sync,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let url = Url::parse(&input.url).map_err(|e| RunError::Failed(format!("{}: {e}", input.url)))?;
+        let mut reader = LineReader::open(&self.http, &url, input.byte_offset, input.line).await.map_err(RunError::Failed)?;
+        if let (Some(total), None) = (reader.total_bytes, input.total_bytes) {
+            self.store.set_total_bytes(job, input.position, total).await?;
+        }
+        let (tx, mut rx) = mpsc::channel::<Result<Batch, String>>(READ_AHEAD);
+        let kind = input.resource_type.as_str();
+        let read = async {
+            loop {
+                let batch = self.read_batch(&mut reader, kind, &input.url).await;
+                let done = matches!(&batch, Ok(b) if b.done) || batch.is_err();
+                if tx.send(batch).await.is_err() || done {
+                    return;
+                }
+            }
+        };
+        let write = async {
+            while let Some(batch) = rx.recv().await {
+                if lost.load(Ordering::Relaxed) {
+                    return Err(RunError::Lost);
+                }
+                let batch = batch.map_err(RunError::Failed)?;
+                let done = batch.done;
+                self.write_batch(tenant, job, input.position, batch).await?;
+                progress().await;
+                if done {
+                    return Ok(());
+                }
+                if self.stopping.load(Ordering::Relaxed) {
+                    return Err(RunError::Stopping);
+                }
+            }
+            Err(RunError::Failed("the input reader stopped early".into()))
+        };
+        let (_, written) = tokio::join!(read, write);
+        written
+    }
+
+    /// Reads lines until a batch is full (by count or bytes) or the input ends.
+    async fn read_batch(&self, reader: &mut LineReader, kind: &str, url: &str) -> Result<Batch, String> {
+        let mut studies = Vec::new();
+        let mut study_ids = Vec::new();
+        let mut reports = Vec::new();
+        let mut keys: HashSet<String> = HashSet::new();
+        let mut rejected = Vec::new();
+        let mut bytes = 0;
+        let mut pending: Option<Line> = None;
+        let (mut end_offset, mut end_line) = reader.position();
+        let mut done = false;
+        loop {
+            let line = match pending.take() {
+                Some(l) => l,
+                None => match reader.next_line().await? {
+                    Some(l) => l,
+                    None => {
+                        done = true;
+                        break;
+                    }
+                },
+            };
+            if line.bytes.iter().all(u8::is_ascii_whitespace) && !line.too_long {
+                (end_offset, end_line) = (line.end_offset, line.number);
+                continue;
+            }
+            match parse_line(&line, kind) {
+                Err(outcome) => rejected.push((line.number, outcome_for(url, line.number, outcome))),
+                Ok(Parsed::Study(study)) => {
+                    if !keys.insert(study.upsert.study_instance_uid.clone()) {
+                        pending = Some(line); // the same study twice: the second goes in the next batch
+                        break;
+                    }
+                    if let Some(id) = study.source_id {
+                        study_ids.push((id, study.upsert.study_instance_uid.clone()));
+                    }
+                    studies.push(study.upsert);
+                }
+                Ok(Parsed::Report(report)) => {
+                    if !keys.insert(report.business_key.clone()) {
+                        pending = Some(line);
+                        break;
+                    }
+                    reports.push(report);
+                }
+            }
+            bytes += line.bytes.len();
+            (end_offset, end_line) = (line.end_offset, line.number);
+            if keys.len() >= self.settings.batch_size || bytes >= BATCH_BYTES || rejected.len() >= self.settings.batch_size {
+                break;
+            }
+        }
+        if let Some(line) = pending {
+            // Not in this batch: the checkpoint stays before it, and the next batch starts with it.
+            reader.unread(line);
+        }
+        let items = if kind == "ImagingStudy" { Items::Studies { upserts: studies, source_ids: study_ids } } else { Items::Reports(reports) };
+        Ok(Batch { items, rejected, end_offset, end_line, done })
+    }
+
+    /// Stores a batch, its rejected lines and the checkpoint in one transaction.
+    async fn write_batch(&self, tenant: TenantId, job: Uuid, position: i32, batch: Batch) -> Result<(), RunError> {
+        let Batch { items, rejected, end_offset, end_line, done } = batch;
+        let base = Progress { byte_offset: end_offset, line: end_line, failed: rejected.len() as i64, done, ..Progress::default() };
+        let owner = self.owner.as_str();
+        let followups = |outcomes: &[UpsertOutcome], extra: Vec<crate::db::sql::Followup>| {
+            let mut p = base;
+            for o in outcomes {
+                match o {
+                    UpsertOutcome::Created(_) => p.created += 1,
+                    UpsertOutcome::Updated(_) => p.updated += 1,
+                    UpsertOutcome::Unchanged(_) => p.unchanged += 1,
+                }
+            }
+            let mut f = rejected_lines(tenant, job, position, &rejected);
+            f.extend(extra);
+            f.push(checkpoint(job, owner, position, &p));
+            f
+        };
+        if items.len() == 0 {
+            self.store.commit(followups(&[], Vec::new())).await?;
+            return Ok(());
+        }
+        match items {
+            Items::Studies { upserts, source_ids: ids } => {
+                let after = |outcomes: &[UpsertOutcome]| followups(outcomes, source_ids(tenant, "ImagingStudy", &ids));
+                self.studies.upsert_batch(tenant, &upserts, Some(&after)).await?;
+            }
+            Items::Reports(reports) => {
+                let after = |outcomes: &[UpsertOutcome]| followups(outcomes, Vec::new());
+                self.reports.upsert_batch(tenant, &reports, Some(&after)).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+enum Parsed {
+    Study(crate::studies::from_fhir::ImportedStudy),
+    Report(ReportUpsert),
+}
+
+/// Why a line was rejected: (OperationOutcome issue code, issues).
+type Rejection = (&'static str, Vec<Issue>);
+
+fn parse_line(line: &Line, kind: &str) -> Result<Parsed, Rejection> {
+    let whole = |message: String| vec![Issue { expression: String::new(), message }];
+    if line.too_long {
+        return Err(("too-long", whole(format!("the line is longer than {} MiB", source::MAX_LINE_BYTES >> 20))));
+    }
+    let value: Value = serde_json::from_slice(&line.bytes).map_err(|e| ("structure", whole(format!("not JSON: {e}"))))?;
+    let Some(found) = value.as_object().map(|o| o.get("resourceType")) else {
+        return Err(("structure", whole("not a JSON object (NDJSON holds one resource per line)".into())));
+    };
+    match found.and_then(Value::as_str) {
+        Some(t) if t == kind => {}
+        Some(t) => return Err(("invalid", vec![Issue { expression: "resourceType".into(), message: format!("{t} in an input declared as {kind}") }])),
+        None => return Err(("required", vec![Issue { expression: "resourceType".into(), message: "is required".into() }])),
+    }
+    match kind {
+        "ImagingStudy" => crate::studies::from_fhir::from_fhir(value).map(Parsed::Study).map_err(|i| ("invalid", i)),
+        _ => crate::reports::from_fhir::from_fhir(value).map(Parsed::Report).map_err(|i| ("invalid", i)),
+    }
+}
+
+/// The OperationOutcome of a rejected line, naming the input and the line.
+fn outcome_for(url: &str, line: i64, (code, issues): Rejection) -> Value {
+    let issues: Vec<Value> = issues
+        .into_iter()
+        .map(|i| {
+            let at = if i.expression.is_empty() { String::new() } else { format!("{}: ", i.expression) };
+            let mut issue = json!({"severity": "error", "code": code, "diagnostics": format!("{url} line {line}: {at}{}", i.message)});
+            if !i.expression.is_empty() {
+                issue["expression"] = json!([i.expression]);
+            }
+            issue
+        })
+        .collect();
+    json!({"resourceType": "OperationOutcome", "issue": issues})
+}

@@ -1,0 +1,459 @@
+//! Persistence of radiology reports. One SQL text for both backends.
+//!
+//! A report row holds the FHIR DiagnosticReport (`payload`) and the columns searches
+//! need; token and reference parameters (identifier, category, code, based-on,
+//! imaging-study) live one value per row in `diagnostic_report_index`. Links to
+//! imaging studies are resolved when read, so a report imported before its study
+//! (or whose study arrives later by sync) links as soon as the study exists.
+
+use std::collections::{HashMap, HashSet};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use crate::auth::TenantId;
+use crate::db::error::StoreResult;
+use crate::db::sql::{AfterWrite, Arg, SqlBuf, UpsertOutcome};
+use crate::db::{begin_write, Db, StoreError};
+use crate::interop::fhir::resource::carry_tags;
+use crate::pagination::{Cursor, PageRequest};
+use crate::studies::store::Bound;
+use crate::{bind_args, on_db, run_followups};
+
+/// A row of `diagnostic_reports`.
+#[derive(Debug, Clone, sqlx::FromRow, PartialEq)]
+pub struct ReportRow {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub business_key: String,
+    pub source_id: Option<String>,
+    pub patient_id: Option<String>,
+    pub status: String,
+    pub effective_at: Option<DateTime<Utc>>,
+    pub issued: Option<DateTime<Utc>>,
+    pub critical: bool,
+    pub order_id: Option<Uuid>,
+    pub payload: Json<Value>,
+    pub version: i32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl ReportRow {
+    pub fn cursor(&self) -> Cursor {
+        Cursor { created_at: self.created_at, id: self.id }
+    }
+}
+
+/// One value of a token or reference search parameter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexEntry {
+    /// `identifier`, `category`, `code`, `based-on` or `imaging-study`.
+    pub param: &'static str,
+    /// The token's system; for `imaging-study`, `ref` when `value` is a referenced id.
+    pub system: Option<String>,
+    pub value: Option<String>,
+    /// `imaging-study` only: the Study Instance UID when the reference names it.
+    pub study_uid: Option<String>,
+}
+
+/// A report as a source (bulk import, ORU^R01) describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportUpsert {
+    pub business_key: String,
+    pub source_id: Option<String>,
+    pub patient_id: Option<String>,
+    pub status: String,
+    pub effective_at: Option<DateTime<Utc>>,
+    pub issued: Option<DateTime<Utc>>,
+    /// `None` keeps what the stored report says (an import does not know).
+    pub critical: Option<bool>,
+    /// `None` keeps the order a stored report is linked to.
+    pub order_id: Option<Uuid>,
+    /// The DiagnosticReport without `id` and `meta.versionId`/`meta.lastUpdated`.
+    pub payload: Value,
+    pub index: Vec<IndexEntry>,
+}
+
+impl ReportUpsert {
+    fn payload_over(&self, row: &ReportRow) -> Value {
+        carry_tags(&self.payload, &row.payload.0).unwrap_or_else(|| self.payload.clone())
+    }
+
+    fn matches(&self, row: &ReportRow, payload: &Value) -> bool {
+        row.patient_id == self.patient_id
+            && row.status == self.status
+            && row.effective_at == self.effective_at
+            && row.issued == self.issued
+            && (self.critical.is_none() || Some(row.critical) == self.critical)
+            && row.source_id == self.source_id
+            && (self.order_id.is_none() || row.order_id == self.order_id)
+            && &row.payload.0 == payload
+    }
+}
+
+/// One stored version of a report (FHIR vread).
+#[derive(Debug, Clone, sqlx::FromRow, PartialEq)]
+pub struct ReportVersion {
+    pub report_id: Uuid,
+    pub version: i32,
+    pub status: String,
+    pub payload: Json<Value>,
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// A report's link to an imaging study, as resolved now.
+#[derive(Debug, Clone, sqlx::FromRow, PartialEq)]
+pub struct StudyLink {
+    pub report_id: Uuid,
+    /// The referenced id (`ImagingStudy/<ref_id>`), when the reference was literal.
+    pub ref_id: Option<String>,
+    /// The Study Instance UID, from the reference or from the referenced study.
+    pub study_uid: Option<String>,
+    /// Our study, once it exists.
+    pub study_id: Option<Uuid>,
+}
+
+/// Which studies an `imaging-study` search matches: by UID, or by referenced id.
+#[derive(Debug, Default, Clone)]
+pub struct StudyMatch {
+    pub uids: Vec<String>,
+    pub ref_ids: Vec<String>,
+}
+
+/// A search of the reports, shared by REST and FHIR. Lists within a field are
+/// alternatives (OR); fields combine with AND.
+#[derive(Debug, Default, Clone)]
+pub struct ReportQuery {
+    pub ids: Vec<Uuid>,
+    pub patient_id: Option<String>,
+    pub statuses: Vec<String>,
+    /// (param, system, value) token conditions on the index; each is ANDed, the
+    /// alternatives inside one are ORed.
+    pub tokens: Vec<(&'static str, Vec<(Option<String>, String)>)>,
+    pub effective: Vec<Bound>,
+    pub last_updated: Vec<Bound>,
+    pub tags: Vec<(Option<String>, String)>,
+    pub imaging_study: Option<StudyMatch>,
+    pub critical: Option<bool>,
+}
+
+#[async_trait]
+pub trait ReportStore: Send + Sync {
+    /// Creates each report, or updates it (version + 1) when anything changed; an
+    /// unchanged report is not rewritten. Idempotent by (tenant, business key), in one
+    /// transaction with `after`'s statements. Keys must be distinct within a batch.
+    async fn upsert_batch(&self, tenant: TenantId, reports: &[ReportUpsert], after: Option<AfterWrite<'_>>) -> StoreResult<Vec<UpsertOutcome>>;
+    async fn get(&self, tenant: TenantId, id: Uuid) -> StoreResult<ReportRow>;
+    /// One version of a report, as it was.
+    async fn get_version(&self, tenant: TenantId, id: Uuid, version: i32) -> StoreResult<ReportVersion>;
+    async fn list(&self, tenant: TenantId, query: &ReportQuery, page: &PageRequest) -> StoreResult<Vec<ReportRow>>;
+    async fn count(&self, tenant: TenantId, query: &ReportQuery) -> StoreResult<i64>;
+    /// The imaging-study links of these reports, resolved against the study index now.
+    async fn study_links(&self, tenant: TenantId, report_ids: &[Uuid]) -> StoreResult<Vec<StudyLink>>;
+}
+
+pub struct SqlReportStore {
+    db: Db,
+}
+
+const COLUMNS: &str = "id, tenant_id, business_key, source_id, patient_id, status, effective_at, issued, critical, \
+                       order_id, payload, version, created_at, updated_at";
+
+const UPDATE_CHANGED: &str = "UPDATE diagnostic_reports SET source_id = $3, patient_id = $4, status = $5, effective_at = $6, \
+    issued = $7, critical = COALESCE($8, critical), order_id = COALESCE($9, order_id), payload = $10, version = version + 1, updated_at = $11 \
+    WHERE tenant_id = $1 AND id = $2";
+
+const INSERT_VERSION: &str = "INSERT INTO diagnostic_report_versions (tenant_id, report_id, version, status, payload, recorded_at) \
+    VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant_id, report_id, version) DO NOTHING";
+
+/// Reports per multi-row statement (14 arguments each).
+const BATCH: usize = 500;
+/// Index rows per multi-row statement (6 arguments each; both backends allow 32,766).
+const INDEX_BATCH: usize = 4000;
+
+/// Resolves `imaging-study` index rows: a literal reference through the source ids of
+/// imported studies, then the UID to our study.
+const LINK_JOINS: &str = "LEFT JOIN fhir_source_ids m ON m.tenant_id = i.tenant_id AND m.resource_type = 'ImagingStudy' \
+        AND i.system = 'ref' AND m.source_id = i.value";
+
+impl SqlReportStore {
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+
+    fn row_lock(&self) -> &'static str {
+        match self.db {
+            Db::Postgres(_) => " FOR UPDATE",
+            Db::Sqlite(_) => "",
+        }
+    }
+
+    /// Multi-row inserts of index entries, chunked under the argument limit.
+    fn index_inserts(tenant: TenantId, entries: &[(Uuid, &IndexEntry)]) -> Vec<SqlBuf> {
+        entries
+            .chunks(INDEX_BATCH)
+            .map(|chunk| {
+                let mut sql = SqlBuf::new("INSERT INTO diagnostic_report_index (tenant_id, report_id, param, system, value, study_uid) VALUES ");
+                for (n, (id, e)) in chunk.iter().enumerate() {
+                    let values = [
+                        Arg::Uuid(tenant.0),
+                        Arg::Uuid(*id),
+                        Arg::Text(e.param.to_string()),
+                        Arg::OptText(e.system.clone()),
+                        Arg::OptText(e.value.clone()),
+                        Arg::OptText(e.study_uid.clone()),
+                    ];
+                    let placeholders: Vec<String> = values.into_iter().map(|v| sql.arg(v)).collect();
+                    sql.push(if n == 0 { "(" } else { ", (" }).push(&placeholders.join(", ")).push(")");
+                }
+                sql
+            })
+            .collect()
+    }
+
+    fn where_clause(&self, tenant: TenantId, q: &ReportQuery, sql: &mut SqlBuf) {
+        let t = sql.arg(Arg::Uuid(tenant.0));
+        sql.push(&format!(" WHERE r.tenant_id = {t}"));
+        let any = |sql: &mut SqlBuf, terms: Vec<String>| {
+            if !terms.is_empty() {
+                sql.push(&format!(" AND ({})", terms.join(" OR ")));
+            }
+        };
+        let terms = q.ids.iter().map(|id| format!("r.id = {}", sql.arg(Arg::Uuid(*id)))).collect();
+        any(sql, terms);
+        if let Some(p) = &q.patient_id {
+            let p = sql.arg(Arg::Text(p.clone()));
+            sql.push(&format!(" AND r.patient_id = {p}"));
+        }
+        if let Some(c) = q.critical {
+            let c = sql.arg(Arg::Bool(c));
+            sql.push(&format!(" AND r.critical = {c}"));
+        }
+        let terms = q.statuses.iter().map(|s| format!("r.status = {}", sql.arg(Arg::Text(s.clone())))).collect();
+        any(sql, terms);
+        for (param, alternatives) in &q.tokens {
+            let terms: Vec<String> = alternatives
+                .iter()
+                .map(|(system, value)| {
+                    let v = sql.arg(Arg::Text(value.clone()));
+                    match system {
+                        Some(s) if s.is_empty() => format!("(i.value = {v} AND i.system IS NULL)"),
+                        Some(s) => format!("(i.value = {v} AND i.system = {})", sql.arg(Arg::Text(s.clone()))),
+                        None => format!("i.value = {v}"),
+                    }
+                })
+                .collect();
+            let p = sql.arg(Arg::Text(param.to_string()));
+            sql.push(&format!(
+                " AND EXISTS (SELECT 1 FROM diagnostic_report_index i WHERE i.tenant_id = r.tenant_id AND i.report_id = r.id \
+                 AND i.param = {p} AND ({}))",
+                terms.join(" OR ")
+            ));
+        }
+        if let Some(m) = &q.imaging_study {
+            let mut terms: Vec<String> =
+                m.uids.iter().map(|u| format!("COALESCE(i.study_uid, m.business_key) = {}", sql.arg(Arg::Text(u.clone())))).collect();
+            terms.extend(m.ref_ids.iter().map(|r| format!("(i.system = 'ref' AND i.value = {})", sql.arg(Arg::Text(r.clone())))));
+            if terms.is_empty() {
+                terms.push("1 = 0".into());
+            }
+            sql.push(&format!(
+                " AND EXISTS (SELECT 1 FROM diagnostic_report_index i {LINK_JOINS} WHERE i.tenant_id = r.tenant_id \
+                 AND i.report_id = r.id AND i.param = 'imaging-study' AND ({}))",
+                terms.join(" OR ")
+            ));
+        }
+        for (column, bounds) in [("r.effective_at", &q.effective), ("r.updated_at", &q.last_updated)] {
+            for bound in bounds {
+                let (op, at) = match bound {
+                    Bound::From(t) => (">=", *t),
+                    Bound::Before(t) => ("<", *t),
+                };
+                let p = sql.arg(Arg::Time(at));
+                sql.push(&format!(" AND {column} {op} {p}"));
+            }
+        }
+        let terms = q
+            .tags
+            .iter()
+            .map(|(system, code)| match &self.db {
+                Db::Postgres(_) => {
+                    let mut tag = serde_json::json!({"code": code});
+                    if let Some(s) = system {
+                        tag["system"] = serde_json::json!(s);
+                    }
+                    format!("r.payload @> {}", sql.arg(Arg::Json(serde_json::json!({"meta": {"tag": [tag]}}))))
+                }
+                Db::Sqlite(_) => {
+                    let c = sql.arg(Arg::Text(code.clone()));
+                    let system = match system {
+                        Some(s) => format!(" AND json_extract(t.value, '$.system') = {}", sql.arg(Arg::Text(s.clone()))),
+                        None => String::new(),
+                    };
+                    format!("EXISTS (SELECT 1 FROM json_each(r.payload, '$.meta.tag') t WHERE json_extract(t.value, '$.code') = {c}{system})")
+                }
+            })
+            .collect();
+        any(sql, terms);
+    }
+}
+
+#[async_trait]
+impl ReportStore for SqlReportStore {
+    #[tracing::instrument(skip_all, fields(tenant_id = %tenant, reports = reports.len()))]
+    async fn upsert_batch(&self, tenant: TenantId, reports: &[ReportUpsert], after: Option<AfterWrite<'_>>) -> StoreResult<Vec<UpsertOutcome>> {
+        let lock = self.row_lock();
+        on_db!(&self.db, pool => async {
+            let now = crate::db::now();
+            let mut tx = begin_write(pool).await?;
+            let mut outcomes: Vec<Option<UpsertOutcome>> = vec![None; reports.len()];
+            for (chunk_index, chunk) in reports.chunks(BATCH).enumerate() {
+                let offset = chunk_index * BATCH;
+                let mut pending: Vec<usize> = (0..chunk.len()).collect();
+                for _attempt in 0..5 {
+                    if pending.is_empty() {
+                        break;
+                    }
+                    let mut lookup = SqlBuf::new(format!("SELECT {COLUMNS} FROM diagnostic_reports WHERE tenant_id = "));
+                    let t = lookup.arg(Arg::Uuid(tenant.0));
+                    lookup.push(&t);
+                    let keys: Vec<String> = pending.iter().map(|i| lookup.arg(Arg::Text(chunk[*i].business_key.clone()))).collect();
+                    lookup.push(&format!(" AND business_key IN ({}){lock}", keys.join(", ")));
+                    let existing: Vec<ReportRow> = bind_args!(sqlx::query_as::<_, ReportRow>(&lookup.text), &lookup.args)
+                        .fetch_all(&mut *tx).await?;
+                    let by_key: HashMap<&str, &ReportRow> = existing.iter().map(|r| (r.business_key.as_str(), r)).collect();
+                    let mut new: Vec<(usize, Uuid)> = Vec::new();
+                    let mut reindex: Vec<(Uuid, &IndexEntry)> = Vec::new();
+                    for &i in &pending {
+                        let report = &chunk[i];
+                        let Some(row) = by_key.get(report.business_key.as_str()) else {
+                            new.push((i, Uuid::new_v4()));
+                            continue;
+                        };
+                        let payload = report.payload_over(row);
+                        if report.matches(row, &payload) {
+                            outcomes[offset + i] = Some(UpsertOutcome::Unchanged(row.id));
+                            continue;
+                        }
+                        sqlx::query(INSERT_VERSION).bind(tenant.0).bind(row.id).bind(row.version).bind(&row.status)
+                            .bind(&row.payload).bind(row.updated_at).execute(&mut *tx).await?;
+                        sqlx::query(UPDATE_CHANGED)
+                            .bind(tenant.0).bind(row.id).bind(&report.source_id).bind(&report.patient_id).bind(&report.status)
+                            .bind(report.effective_at).bind(report.issued).bind(report.critical).bind(report.order_id)
+                            .bind(Json(&payload)).bind(now)
+                            .execute(&mut *tx).await?;
+                        sqlx::query("DELETE FROM diagnostic_report_index WHERE tenant_id = $1 AND report_id = $2")
+                            .bind(tenant.0).bind(row.id).execute(&mut *tx).await?;
+                        reindex.extend(report.index.iter().map(|e| (row.id, e)));
+                        outcomes[offset + i] = Some(UpsertOutcome::Updated(row.id));
+                    }
+                    pending.clear();
+                    if !new.is_empty() {
+                        let mut insert = SqlBuf::new(format!("INSERT INTO diagnostic_reports ({COLUMNS}) VALUES "));
+                        for (n, (i, id)) in new.iter().enumerate() {
+                            let r = &chunk[*i];
+                            let values = [
+                                Arg::Uuid(*id), Arg::Uuid(tenant.0), Arg::Text(r.business_key.clone()), Arg::OptText(r.source_id.clone()),
+                                Arg::OptText(r.patient_id.clone()), Arg::Text(r.status.clone()), Arg::OptTime(r.effective_at),
+                                Arg::OptTime(r.issued), Arg::Bool(r.critical.unwrap_or(false)), Arg::OptUuid(r.order_id), Arg::Json(r.payload.clone()),
+                                Arg::OptInt32(Some(1)), Arg::Time(now), Arg::Time(now),
+                            ];
+                            let placeholders: Vec<String> = values.into_iter().map(|v| insert.arg(v)).collect();
+                            insert.push(if n == 0 { "(" } else { ", (" }).push(&placeholders.join(", ")).push(")");
+                        }
+                        insert.push(" ON CONFLICT (tenant_id, business_key) DO NOTHING RETURNING id");
+                        let inserted: HashSet<Uuid> =
+                            bind_args!(sqlx::query_scalar::<_, Uuid>(&insert.text), &insert.args).fetch_all(&mut *tx).await?.into_iter().collect();
+                        for (i, id) in new {
+                            if inserted.contains(&id) {
+                                outcomes[offset + i] = Some(UpsertOutcome::Created(id));
+                                reindex.extend(chunk[i].index.iter().map(|e| (id, e)));
+                            } else {
+                                pending.push(i);
+                            }
+                        }
+                    }
+                    for sql in Self::index_inserts(tenant, &reindex) {
+                        bind_args!(sqlx::query(&sql.text), &sql.args).execute(&mut *tx).await?;
+                    }
+                }
+                if !pending.is_empty() {
+                    return Err(StoreError::Conflict("reports kept changing under concurrent writers".into()));
+                }
+            }
+            let outcomes: Vec<UpsertOutcome> = outcomes.into_iter().map(|o| o.expect("every report decided")).collect();
+            if let Some(after) = after {
+                run_followups!(tx, after(&outcomes))?;
+            }
+            tx.commit().await?;
+            Ok::<_, StoreError>(outcomes)
+        }.await)
+    }
+
+    #[tracing::instrument(skip_all, fields(tenant_id = %tenant, report_id = %id))]
+    async fn get(&self, tenant: TenantId, id: Uuid) -> StoreResult<ReportRow> {
+        let sql = format!("SELECT {COLUMNS} FROM diagnostic_reports WHERE tenant_id = $1 AND id = $2");
+        let row = on_db!(&self.db, pool => sqlx::query_as::<_, ReportRow>(&sql).bind(tenant.0).bind(id).fetch_optional(pool).await)?;
+        row.ok_or(StoreError::NotFound)
+    }
+
+    #[tracing::instrument(skip_all, fields(tenant_id = %tenant, report_id = %id))]
+    async fn get_version(&self, tenant: TenantId, id: Uuid, version: i32) -> StoreResult<ReportVersion> {
+        let current = self.get(tenant, id).await?;
+        if current.version == version {
+            return Ok(ReportVersion { report_id: id, version, status: current.status, payload: current.payload, recorded_at: current.updated_at });
+        }
+        let sql = "SELECT report_id, version, status, payload, recorded_at FROM diagnostic_report_versions \
+                   WHERE tenant_id = $1 AND report_id = $2 AND version = $3";
+        let row = on_db!(&self.db, pool => sqlx::query_as::<_, ReportVersion>(sql)
+            .bind(tenant.0).bind(id).bind(version).fetch_optional(pool).await)?;
+        row.ok_or(StoreError::NotFound)
+    }
+
+    #[tracing::instrument(skip_all, fields(tenant_id = %tenant))]
+    async fn list(&self, tenant: TenantId, query: &ReportQuery, page: &PageRequest) -> StoreResult<Vec<ReportRow>> {
+        let columns: Vec<String> = COLUMNS.split(", ").map(|c| format!("r.{}", c.trim())).collect();
+        let mut sql = SqlBuf::new(format!("SELECT {} FROM diagnostic_reports r", columns.join(", ")));
+        self.where_clause(tenant, query, &mut sql);
+        if let Some(after) = page.after {
+            let (c, i) = (sql.arg(Arg::Time(after.created_at)), sql.arg(Arg::Uuid(after.id)));
+            sql.push(&format!(" AND (r.created_at > {c} OR (r.created_at = {c} AND r.id > {i}))"));
+        }
+        let limit = sql.arg(Arg::Int(page.fetch_limit()));
+        sql.push(&format!(" ORDER BY r.created_at, r.id LIMIT {limit}"));
+        let rows = on_db!(&self.db, pool => bind_args!(sqlx::query_as::<_, ReportRow>(&sql.text), &sql.args).fetch_all(pool).await)?;
+        Ok(rows)
+    }
+
+    #[tracing::instrument(skip_all, fields(tenant_id = %tenant))]
+    async fn count(&self, tenant: TenantId, query: &ReportQuery) -> StoreResult<i64> {
+        let mut sql = SqlBuf::new("SELECT COUNT(*) FROM diagnostic_reports r");
+        self.where_clause(tenant, query, &mut sql);
+        let n = on_db!(&self.db, pool => bind_args!(sqlx::query_scalar::<_, i64>(&sql.text), &sql.args).fetch_one(pool).await)?;
+        Ok(n)
+    }
+
+    #[tracing::instrument(skip_all, fields(tenant_id = %tenant, reports = report_ids.len()))]
+    async fn study_links(&self, tenant: TenantId, report_ids: &[Uuid]) -> StoreResult<Vec<StudyLink>> {
+        if report_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut sql = SqlBuf::new(format!(
+            "SELECT i.report_id, CASE WHEN i.system = 'ref' THEN i.value END AS ref_id, \
+                    COALESCE(i.study_uid, m.business_key) AS study_uid, s.id AS study_id \
+             FROM diagnostic_report_index i {LINK_JOINS} \
+             LEFT JOIN imaging_studies s ON s.tenant_id = i.tenant_id AND s.pacs_study_uid = COALESCE(i.study_uid, m.business_key) \
+             WHERE i.tenant_id = "
+        ));
+        let t = sql.arg(Arg::Uuid(tenant.0));
+        sql.push(&t);
+        let ids: Vec<String> = report_ids.iter().map(|id| sql.arg(Arg::Uuid(*id))).collect();
+        sql.push(&format!(" AND i.param = 'imaging-study' AND i.report_id IN ({})", ids.join(", ")));
+        let links = on_db!(&self.db, pool => bind_args!(sqlx::query_as::<_, StudyLink>(&sql.text), &sql.args).fetch_all(pool).await)?;
+        Ok(links)
+    }
+}
