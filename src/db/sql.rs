@@ -13,6 +13,8 @@ pub enum Arg {
     Int(i64),
     Bool(bool),
     Json(Value),
+    /// JSON already serialized (compact): what a bulk insert carries for big documents.
+    JsonText(String),
     /// Nullable values keep their SQL type (PostgreSQL refuses a text NULL in a uuid column).
     OptText(Option<String>),
     OptUuid(Option<Uuid>),
@@ -60,6 +62,7 @@ macro_rules! bind_args {
                 $crate::db::sql::Arg::OptTime(v) => q.bind(*v),
                 $crate::db::sql::Arg::OptInt32(v) => q.bind(*v),
                 $crate::db::sql::Arg::Json(v) => q.bind(sqlx::types::Json(v.clone())),
+                $crate::db::sql::Arg::JsonText(v) => q.bind(v.clone()),
             };
         }
         q
@@ -92,8 +95,29 @@ pub struct Followup {
     pub fence: bool,
 }
 
-/// Builds the follow-ups of a batch once its outcomes are known.
-pub type AfterWrite<'a> = &'a (dyn Fn(&[UpsertOutcome]) -> Vec<Followup> + Send + Sync);
+/// Awaited by a batch writer just before its follow-ups and COMMIT; `false` rolls the
+/// batch back (as `Fenced`). It orders the commits of batches written concurrently.
+pub type CommitGate<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>>;
+
+/// What another context adds to a batch's transaction.
+pub struct AfterWrite<'a> {
+    /// Statements built from the batch's outcomes (a checkpoint, rejected lines, …).
+    pub followups: &'a (dyn Fn(&[UpsertOutcome]) -> Vec<Followup> + Send + Sync),
+    /// Waited for once the batch's own statements ran, before the follow-ups.
+    pub gate: Option<CommitGate<'a>>,
+}
+
+impl<'a> AfterWrite<'a> {
+    /// Waits for the gate, then runs the follow-ups in the open transaction `$tx`.
+    pub async fn gate(self) -> Result<&'a (dyn Fn(&[UpsertOutcome]) -> Vec<Followup> + Send + Sync), super::StoreError> {
+        if let Some(gate) = self.gate {
+            if !gate.await {
+                return Err(super::StoreError::Fenced);
+            }
+        }
+        Ok(self.followups)
+    }
+}
 
 /// Runs follow-ups inside the open transaction `$tx`; evaluates to
 /// `Err(StoreError::Fenced)` when a fence changed nothing.
@@ -110,4 +134,73 @@ macro_rules! run_followups {
         }
         result
     }};
+}
+
+impl Arg {
+    /// Appends the value as JSON, for PostgreSQL's `jsonb_to_recordset` bulk statements.
+    fn write_json(&self, out: &mut String) {
+        let text = |v: &str, out: &mut String| out.push_str(&Value::String(v.to_string()).to_string());
+        let time = |t: &DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        match self {
+            Arg::Text(v) | Arg::OptText(Some(v)) => text(v, out),
+            Arg::Uuid(v) | Arg::OptUuid(Some(v)) => out.push_str(&format!("\"{v}\"")),
+            Arg::Time(v) | Arg::OptTime(Some(v)) => out.push_str(&format!("\"{}\"", time(v))),
+            Arg::Int(v) => out.push_str(&v.to_string()),
+            Arg::OptInt32(Some(v)) => out.push_str(&v.to_string()),
+            Arg::Bool(v) => out.push_str(if *v { "true" } else { "false" }),
+            Arg::Json(v) => out.push_str(&v.to_string()),
+            Arg::JsonText(v) => out.push_str(v),
+            Arg::OptText(None) | Arg::OptUuid(None) | Arg::OptTime(None) | Arg::OptInt32(None) => out.push_str("null"),
+        }
+    }
+}
+
+impl SqlBuf {
+    /// `<column> IN (<keys>)` with the keys as ONE argument (a JSON array), so the
+    /// statement text and its plan do not depend on how many keys a batch has.
+    pub fn push_in_keys(&mut self, db: &super::Db, column: &str, keys: Vec<String>) -> &mut Self {
+        let p = self.arg(Arg::Json(Value::from(keys)));
+        match db {
+            super::Db::Postgres(_) => self.push(&format!("{column} = ANY(ARRAY(SELECT jsonb_array_elements_text({p})))")),
+            super::Db::Sqlite(_) => self.push(&format!("{column} IN (SELECT value FROM json_each({p}))")),
+        }
+    }
+
+    /// A multi-row INSERT of `rows` (values in `columns` order; `columns` pairs each
+    /// name with its PostgreSQL type). PostgreSQL gets all rows as one JSON argument
+    /// expanded by `jsonb_to_recordset` (one parse, a trivial plan, no argument limit);
+    /// SQLite, in process, gets a plain `VALUES` list. Append `ON CONFLICT …` after.
+    pub fn bulk_insert(db: &super::Db, table: &str, columns: &[(&str, &str)], rows: Vec<Vec<Arg>>) -> Self {
+        let names: Vec<&str> = columns.iter().map(|c| c.0).collect();
+        let mut sql = SqlBuf::new(format!("INSERT INTO {table} ({}) ", names.join(", ")));
+        match db {
+            super::Db::Postgres(_) => {
+                let mut doc = String::from("[");
+                for (r, row) in rows.iter().enumerate() {
+                    doc.push_str(if r == 0 { "{" } else { ",{" });
+                    for (c, (name, arg)) in names.iter().zip(row).enumerate() {
+                        if c > 0 {
+                            doc.push(',');
+                        }
+                        doc.push_str(&format!("\"{name}\":"));
+                        arg.write_json(&mut doc);
+                    }
+                    doc.push('}');
+                }
+                doc.push(']');
+                drop(rows);
+                let p = format!("CAST({} AS jsonb)", sql.arg(Arg::Text(doc)));
+                let types: Vec<String> = columns.iter().map(|(n, t)| format!("{n} {t}")).collect();
+                sql.push(&format!("SELECT {} FROM jsonb_to_recordset({p}) AS x({})", names.join(", "), types.join(", ")));
+            }
+            super::Db::Sqlite(_) => {
+                sql.push("VALUES ");
+                for (n, row) in rows.into_iter().enumerate() {
+                    let placeholders: Vec<String> = row.into_iter().map(|v| sql.arg(v)).collect();
+                    sql.push(if n == 0 { "(" } else { ", (" }).push(&placeholders.join(", ")).push(")");
+                }
+            }
+        }
+        sql
+    }
 }

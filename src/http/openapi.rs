@@ -64,6 +64,23 @@ pub fn document() -> Value {
         p.extend(paging());
         p
     };
+    let report_params = {
+        let mut p = vec![
+            query("patient_id", "The subject (Patient/<id> → id, or its identifier value).", json!({"type": "string"})),
+            query("identifier", "A business identifier, system|value or value.", json!({"type": "string"})),
+            query("status", "DiagnosticReport.status.", json!({"type": "string", "enum": crate::reports::STATUSES})),
+            query("category", "A category coding, system|code or code (e.g. LP29684-5).", json!({"type": "string"})),
+            query("code", "A code coding, system|code or code (e.g. a LOINC code).", json!({"type": "string"})),
+            query("date_from", "effective[x] at or after (date or date-time).", json!({"type": "string"})),
+            query("date_to", "effective[x] up to and including (date or date-time).", json!({"type": "string"})),
+            query("based_on", "The order reference, e.g. ServiceRequest/<id>.", json!({"type": "string"})),
+            query("imaging_study", "One of our imaging study ids, or a Study Instance UID.", json!({"type": "string"})),
+            query("critical", "Only reports flagged critical (true) or not (false).", json!({"type": "boolean"})),
+            query("tag", "meta.tag code, or system|code (e.g. historical).", json!({"type": "string"})),
+        ];
+        p.extend(paging());
+        p
+    };
     json!({
         "openapi": "3.1.0",
         "info": {
@@ -150,6 +167,22 @@ pub fn document() -> Value {
                     "responses": with(problem_responses(&[("404", "No such study in this tenant")]), "200",
                         json!({"description": "The study", "content": json_content("ImagingStudy")}))
                 }
+            },
+            "/v1/radiology/reports": {
+                "get": {
+                    "operationId": "listReports", "summary": "Search radiology reports (FHIR DiagnosticReport)",
+                    "parameters": report_params,
+                    "responses": with(problem_responses(&[("422", "Invalid query parameter")]), "200",
+                        json!({"description": "A page of reports", "content": json_content("ReportPage")}))
+                }
+            },
+            "/v1/radiology/reports/{id}": {
+                "parameters": [id_param("Report id")],
+                "get": {
+                    "operationId": "getReport", "summary": "Read one report",
+                    "responses": with(problem_responses(&[("404", "No such report in this tenant")]), "200",
+                        json!({"description": "The report", "content": json_content("Report")}))
+                }
             }
         },
         "components": components()
@@ -222,7 +255,16 @@ fn components() -> Value {
                 "last_run": {"type": ["object", "null"], "description": "started_at, finished_at, ok, seen, created, updated, failed, windows, errors"},
                 "counts": {"type": "object", "properties": {"seen": {"type": "integer"}, "created": {"type": "integer"}, "updated": {"type": "integer"}, "failed": {"type": "integer"}}},
                 "progress": {"type": ["object", "null"], "description": "Checkpoint of a run in progress or interrupted"}}},
-            "ImagingStudyPage": {"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/ImagingStudy"}}, "next_cursor": {"type": ["string", "null"]}}}
+            "ImagingStudyPage": {"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/ImagingStudy"}}, "next_cursor": {"type": ["string", "null"]}}},
+            "Report": {"type": "object", "properties": {
+                "id": {"type": "string", "format": "uuid"},
+                "business_key": {"type": "string", "description": "identifier:<system>|<value> or id:<source id>: what makes a re-import update the report"},
+                "patient_id": {"type": ["string", "null"]}, "status": {"type": "string", "enum": crate::reports::STATUSES},
+                "effective_at": {"type": ["string", "null"], "format": "date-time"}, "issued": {"type": ["string", "null"], "format": "date-time"},
+                "critical": {"type": "boolean"}, "order_id": {"type": ["string", "null"], "format": "uuid"},
+                "version": {"type": "integer"}, "created_at": {"type": "string", "format": "date-time"}, "updated_at": {"type": "string", "format": "date-time"},
+                "fhir": {"type": "object", "description": "The FHIR R4 DiagnosticReport (imagingStudy references resolved to our studies)"}}},
+            "ReportPage": {"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Report"}}, "next_cursor": {"type": ["string", "null"]}}}
         }
     })
 }

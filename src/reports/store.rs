@@ -160,6 +160,12 @@ pub struct SqlReportStore {
     db: Db,
 }
 
+const COLUMN_TYPES: &[(&str, &str)] = &[
+    ("id", "uuid"), ("tenant_id", "uuid"), ("business_key", "text"), ("source_id", "text"), ("patient_id", "text"),
+    ("status", "text"), ("effective_at", "timestamptz"), ("issued", "timestamptz"), ("critical", "boolean"),
+    ("order_id", "uuid"), ("payload", "jsonb"), ("version", "integer"), ("created_at", "timestamptz"), ("updated_at", "timestamptz"),
+];
+
 const COLUMNS: &str = "id, tenant_id, business_key, source_id, patient_id, status, effective_at, issued, critical, \
                        order_id, payload, version, created_at, updated_at";
 
@@ -170,7 +176,8 @@ const UPDATE_CHANGED: &str = "UPDATE diagnostic_reports SET source_id = $3, pati
 const INSERT_VERSION: &str = "INSERT INTO diagnostic_report_versions (tenant_id, report_id, version, status, payload, recorded_at) \
     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant_id, report_id, version) DO NOTHING";
 
-/// Reports per multi-row statement (14 arguments each).
+/// Reports per multi-row statement on SQLite (14 arguments each); PostgreSQL takes a
+/// whole batch as one JSON argument.
 const BATCH: usize = 500;
 /// Index rows per multi-row statement (6 arguments each; both backends allow 32,766).
 const INDEX_BATCH: usize = 4000;
@@ -192,25 +199,27 @@ impl SqlReportStore {
         }
     }
 
-    /// Multi-row inserts of index entries, chunked under the argument limit.
-    fn index_inserts(tenant: TenantId, entries: &[(Uuid, &IndexEntry)]) -> Vec<SqlBuf> {
+    /// Inserts of index entries (chunked under SQLite's argument limit).
+    fn index_inserts(&self, tenant: TenantId, entries: &[(Uuid, &IndexEntry)]) -> Vec<SqlBuf> {
+        let columns = [("tenant_id", "uuid"), ("report_id", "uuid"), ("param", "text"), ("system", "text"), ("value", "text"), ("study_uid", "text")];
+        let chunk = if matches!(self.db, Db::Postgres(_)) { entries.len().max(1) } else { INDEX_BATCH };
         entries
-            .chunks(INDEX_BATCH)
+            .chunks(chunk)
             .map(|chunk| {
-                let mut sql = SqlBuf::new("INSERT INTO diagnostic_report_index (tenant_id, report_id, param, system, value, study_uid) VALUES ");
-                for (n, (id, e)) in chunk.iter().enumerate() {
-                    let values = [
-                        Arg::Uuid(tenant.0),
-                        Arg::Uuid(*id),
-                        Arg::Text(e.param.to_string()),
-                        Arg::OptText(e.system.clone()),
-                        Arg::OptText(e.value.clone()),
-                        Arg::OptText(e.study_uid.clone()),
-                    ];
-                    let placeholders: Vec<String> = values.into_iter().map(|v| sql.arg(v)).collect();
-                    sql.push(if n == 0 { "(" } else { ", (" }).push(&placeholders.join(", ")).push(")");
-                }
-                sql
+                let rows = chunk
+                    .iter()
+                    .map(|(id, e)| {
+                        vec![
+                            Arg::Uuid(tenant.0),
+                            Arg::Uuid(*id),
+                            Arg::Text(e.param.to_string()),
+                            Arg::OptText(e.system.clone()),
+                            Arg::OptText(e.value.clone()),
+                            Arg::OptText(e.study_uid.clone()),
+                        ]
+                    })
+                    .collect();
+                SqlBuf::bulk_insert(&self.db, "diagnostic_report_index", &columns, rows)
             })
             .collect()
     }
@@ -311,8 +320,9 @@ impl ReportStore for SqlReportStore {
             let now = crate::db::now();
             let mut tx = begin_write(pool).await?;
             let mut outcomes: Vec<Option<UpsertOutcome>> = vec![None; reports.len()];
-            for (chunk_index, chunk) in reports.chunks(BATCH).enumerate() {
-                let offset = chunk_index * BATCH;
+            let chunk_size = if matches!(self.db, Db::Postgres(_)) { reports.len().max(1) } else { BATCH };
+            for (chunk_index, chunk) in reports.chunks(chunk_size).enumerate() {
+                let offset = chunk_index * chunk_size;
                 let mut pending: Vec<usize> = (0..chunk.len()).collect();
                 for _attempt in 0..5 {
                     if pending.is_empty() {
@@ -320,9 +330,9 @@ impl ReportStore for SqlReportStore {
                     }
                     let mut lookup = SqlBuf::new(format!("SELECT {COLUMNS} FROM diagnostic_reports WHERE tenant_id = "));
                     let t = lookup.arg(Arg::Uuid(tenant.0));
-                    lookup.push(&t);
-                    let keys: Vec<String> = pending.iter().map(|i| lookup.arg(Arg::Text(chunk[*i].business_key.clone()))).collect();
-                    lookup.push(&format!(" AND business_key IN ({}){lock}", keys.join(", ")));
+                    lookup.push(&t).push(" AND ");
+                    lookup.push_in_keys(&self.db, "business_key", pending.iter().map(|i| chunk[*i].business_key.clone()).collect());
+                    lookup.push(lock);
                     let existing: Vec<ReportRow> = bind_args!(sqlx::query_as::<_, ReportRow>(&lookup.text), &lookup.args)
                         .fetch_all(&mut *tx).await?;
                     let by_key: HashMap<&str, &ReportRow> = existing.iter().map(|r| (r.business_key.as_str(), r)).collect();
@@ -353,18 +363,19 @@ impl ReportStore for SqlReportStore {
                     }
                     pending.clear();
                     if !new.is_empty() {
-                        let mut insert = SqlBuf::new(format!("INSERT INTO diagnostic_reports ({COLUMNS}) VALUES "));
-                        for (n, (i, id)) in new.iter().enumerate() {
-                            let r = &chunk[*i];
-                            let values = [
-                                Arg::Uuid(*id), Arg::Uuid(tenant.0), Arg::Text(r.business_key.clone()), Arg::OptText(r.source_id.clone()),
-                                Arg::OptText(r.patient_id.clone()), Arg::Text(r.status.clone()), Arg::OptTime(r.effective_at),
-                                Arg::OptTime(r.issued), Arg::Bool(r.critical.unwrap_or(false)), Arg::OptUuid(r.order_id), Arg::Json(r.payload.clone()),
-                                Arg::OptInt32(Some(1)), Arg::Time(now), Arg::Time(now),
-                            ];
-                            let placeholders: Vec<String> = values.into_iter().map(|v| insert.arg(v)).collect();
-                            insert.push(if n == 0 { "(" } else { ", (" }).push(&placeholders.join(", ")).push(")");
-                        }
+                        let rows = new
+                            .iter()
+                            .map(|(i, id)| {
+                                let r = &chunk[*i];
+                                vec![
+                                    Arg::Uuid(*id), Arg::Uuid(tenant.0), Arg::Text(r.business_key.clone()), Arg::OptText(r.source_id.clone()),
+                                    Arg::OptText(r.patient_id.clone()), Arg::Text(r.status.clone()), Arg::OptTime(r.effective_at),
+                                    Arg::OptTime(r.issued), Arg::Bool(r.critical.unwrap_or(false)), Arg::OptUuid(r.order_id), Arg::JsonText(r.payload.to_string()),
+                                    Arg::OptInt32(Some(1)), Arg::Time(now), Arg::Time(now),
+                                ]
+                            })
+                            .collect();
+                        let mut insert = SqlBuf::bulk_insert(&self.db, "diagnostic_reports", COLUMN_TYPES, rows);
                         insert.push(" ON CONFLICT (tenant_id, business_key) DO NOTHING RETURNING id");
                         let inserted: HashSet<Uuid> =
                             bind_args!(sqlx::query_scalar::<_, Uuid>(&insert.text), &insert.args).fetch_all(&mut *tx).await?.into_iter().collect();
@@ -377,7 +388,7 @@ impl ReportStore for SqlReportStore {
                             }
                         }
                     }
-                    for sql in Self::index_inserts(tenant, &reindex) {
+                    for sql in self.index_inserts(tenant, &reindex) {
                         bind_args!(sqlx::query(&sql.text), &sql.args).execute(&mut *tx).await?;
                     }
                 }
@@ -387,7 +398,8 @@ impl ReportStore for SqlReportStore {
             }
             let outcomes: Vec<UpsertOutcome> = outcomes.into_iter().map(|o| o.expect("every report decided")).collect();
             if let Some(after) = after {
-                run_followups!(tx, after(&outcomes))?;
+                let followups = after.gate().await?;
+                run_followups!(tx, followups(&outcomes))?;
             }
             tx.commit().await?;
             Ok::<_, StoreError>(outcomes)

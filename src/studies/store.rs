@@ -168,7 +168,8 @@ const UPDATE_CHANGED: &str = "UPDATE imaging_studies SET patient_id = $3, access
 const INSERT_VERSION: &str = "INSERT INTO imaging_study_versions (tenant_id, study_id, version, status, payload, recorded_at) \
     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant_id, study_id, version) DO NOTHING";
 
-/// Studies per multi-row statement (15 arguments each; both backends allow 32,766).
+/// Studies per multi-row statement on SQLite (18 arguments each; at most 32,766);
+/// PostgreSQL takes a whole batch as one JSON argument.
 const UPSERT_BATCH: usize = 500;
 
 impl SqlStudyStore {
@@ -255,6 +256,15 @@ impl SqlStudyStore {
     }
 }
 
+/// [`COLUMNS`] with their PostgreSQL types (bulk inserts).
+const COLUMN_TYPES: &[(&str, &str)] = &[
+    ("id", "uuid"), ("tenant_id", "uuid"), ("patient_id", "text"), ("encounter_id", "text"), ("order_id", "uuid"),
+    ("accession_number", "text"), ("modality", "text"), ("started_at", "timestamptz"), ("status", "text"),
+    ("pacs_study_uid", "text"), ("pacs_endpoint_id", "uuid"), ("description", "text"), ("number_of_series", "integer"),
+    ("number_of_instances", "integer"), ("payload", "jsonb"), ("version", "integer"), ("created_at", "timestamptz"),
+    ("updated_at", "timestamptz"),
+];
+
 const COLUMNS: &str = "id, tenant_id, patient_id, encounter_id, order_id, accession_number, modality, started_at, \
                        status, pacs_study_uid, pacs_endpoint_id, description, number_of_series, number_of_instances, \
                        payload, version, created_at, updated_at";
@@ -289,8 +299,9 @@ impl StudyStore for SqlStudyStore {
             let now = crate::db::now();
             let mut tx = begin_write(pool).await?;
             let mut outcomes: Vec<Option<UpsertOutcome>> = vec![None; studies.len()];
-            for (chunk_index, chunk) in studies.chunks(UPSERT_BATCH).enumerate() {
-                let offset = chunk_index * UPSERT_BATCH;
+            let chunk_size = if matches!(self.db, Db::Postgres(_)) { studies.len().max(1) } else { UPSERT_BATCH };
+            for (chunk_index, chunk) in studies.chunks(chunk_size).enumerate() {
+                let offset = chunk_index * chunk_size;
                 // PostgreSQL locks the rows it may update, so concurrent writers of one
                 // study queue; SQLite's BEGIN IMMEDIATE already serializes writers. An
                 // insert that loses a race (ON CONFLICT DO NOTHING) is looked up again.
@@ -301,9 +312,9 @@ impl StudyStore for SqlStudyStore {
                     }
                     let mut lookup = SqlBuf::new(format!("SELECT {COLUMNS} FROM imaging_studies WHERE tenant_id = "));
                     let t = lookup.arg(Arg::Uuid(tenant.0));
-                    lookup.push(&t);
-                    let uids: Vec<String> = pending.iter().map(|i| lookup.arg(Arg::Text(chunk[*i].study_instance_uid.clone()))).collect();
-                    lookup.push(&format!(" AND pacs_study_uid IN ({}){lock}", uids.join(", ")));
+                    lookup.push(&t).push(" AND ");
+                    lookup.push_in_keys(&self.db, "pacs_study_uid", pending.iter().map(|i| chunk[*i].study_instance_uid.clone()).collect());
+                    lookup.push(lock);
                     let existing: Vec<StudyRow> = bind_args!(sqlx::query_as::<_, StudyRow>(&lookup.text), &lookup.args)
                         .fetch_all(&mut *tx).await?;
                     let by_uid: std::collections::HashMap<&str, &StudyRow> =
@@ -334,20 +345,21 @@ impl StudyStore for SqlStudyStore {
                     if new.is_empty() {
                         continue;
                     }
-                    let mut insert = SqlBuf::new(format!("INSERT INTO imaging_studies ({COLUMNS}) VALUES "));
-                    for (n, (i, id)) in new.iter().enumerate() {
-                        let s = &chunk[*i];
-                        let values = [
-                            Arg::Uuid(*id), Arg::Uuid(tenant.0), Arg::OptText(s.patient_id.clone()), Arg::OptText(None), Arg::OptUuid(None),
-                            Arg::OptText(s.accession_number.clone()), Arg::OptText(s.modality.clone()), Arg::OptTime(s.started_at),
-                            Arg::Text(s.status.clone()), Arg::Text(s.study_instance_uid.clone()), Arg::OptUuid(s.pacs_endpoint_id),
-                            Arg::OptText(s.description.clone()), Arg::OptInt32(s.number_of_series), Arg::OptInt32(s.number_of_instances),
-                            Arg::Json(s.payload.clone()),
-                            Arg::OptInt32(Some(1)), Arg::Time(now), Arg::Time(now),
-                        ];
-                        let placeholders: Vec<String> = values.into_iter().map(|v| insert.arg(v)).collect();
-                        insert.push(if n == 0 { "(" } else { ", (" }).push(&placeholders.join(", ")).push(")");
-                    }
+                    let rows = new
+                        .iter()
+                        .map(|(i, id)| {
+                            let s = &chunk[*i];
+                            vec![
+                                Arg::Uuid(*id), Arg::Uuid(tenant.0), Arg::OptText(s.patient_id.clone()), Arg::OptText(None), Arg::OptUuid(None),
+                                Arg::OptText(s.accession_number.clone()), Arg::OptText(s.modality.clone()), Arg::OptTime(s.started_at),
+                                Arg::Text(s.status.clone()), Arg::Text(s.study_instance_uid.clone()), Arg::OptUuid(s.pacs_endpoint_id),
+                                Arg::OptText(s.description.clone()), Arg::OptInt32(s.number_of_series), Arg::OptInt32(s.number_of_instances),
+                                Arg::JsonText(s.payload.to_string()),
+                                Arg::OptInt32(Some(1)), Arg::Time(now), Arg::Time(now),
+                            ]
+                        })
+                        .collect();
+                    let mut insert = SqlBuf::bulk_insert(&self.db, "imaging_studies", COLUMN_TYPES, rows);
                     insert.push(" ON CONFLICT (tenant_id, pacs_study_uid) DO NOTHING RETURNING id");
                     let inserted: std::collections::HashSet<Uuid> =
                         bind_args!(sqlx::query_scalar::<_, Uuid>(&insert.text), &insert.args).fetch_all(&mut *tx).await?.into_iter().collect();
@@ -365,7 +377,8 @@ impl StudyStore for SqlStudyStore {
             }
             let outcomes: Vec<UpsertOutcome> = outcomes.into_iter().map(|o| o.expect("every study decided")).collect();
             if let Some(after) = after {
-                run_followups!(tx, after(&outcomes))?;
+                let followups = after.gate().await?;
+                run_followups!(tx, followups(&outcomes))?;
             }
             tx.commit().await?;
             Ok::<_, StoreError>(outcomes)

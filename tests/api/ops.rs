@@ -64,12 +64,14 @@ async fn openapi_describes_every_v1_route() {
         ("/v1/radiology/pacs-endpoints/{id}/sync", &["get", "post"][..]),
         ("/v1/radiology/imaging-studies", &["get"][..]),
         ("/v1/radiology/imaging-studies/{id}", &["get"][..]),
+        ("/v1/radiology/reports", &["get"][..]),
+        ("/v1/radiology/reports/{id}", &["get"][..]),
     ] {
         for m in methods {
             assert!(paths[path].get(*m).is_some(), "{m} {path} undocumented");
         }
     }
-    assert_eq!(operations, 10);
+    assert_eq!(operations, 12);
 }
 
 #[tokio::test]

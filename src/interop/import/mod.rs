@@ -21,7 +21,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use tokio::sync::{mpsc, oneshot};
 use url::Url;
 use uuid::Uuid;
 
@@ -30,7 +31,7 @@ use self::source::{Line, LineReader, SourcePolicy};
 use self::store::{checkpoint, rejected_lines, source_ids, ImportStore, InputRow, JobRow, NewJob, Progress};
 use crate::auth::TenantId;
 use crate::config::Config;
-use crate::db::sql::UpsertOutcome;
+use crate::db::sql::{AfterWrite, CommitGate, UpsertOutcome};
 use crate::db::StoreError;
 use crate::interop::fhir::resource::Issue;
 use crate::reports::store::ReportUpsert;
@@ -39,9 +40,9 @@ use crate::studies::store::StudyUpsert;
 use crate::studies::StudyStore;
 
 /// Raw bytes per batch at most, whatever the line count (bounds memory for big lines).
-const BATCH_BYTES: usize = 8 * 1024 * 1024;
+const BATCH_BYTES: usize = 1024 * 1024;
 /// Batches parsed ahead of the one being written.
-const READ_AHEAD: usize = 2;
+const READ_AHEAD: usize = 1;
 
 #[derive(Debug, Clone)]
 pub struct ImportSettings {
@@ -111,6 +112,8 @@ struct Batch {
     end_offset: i64,
     end_line: i64,
     done: bool,
+    /// A resource of this batch is also in the batch before.
+    overlaps_previous: bool,
 }
 
 /// What a finished job did, per input (for the CLI's summary).
@@ -255,15 +258,25 @@ impl ImportService {
 
     async fn run_inputs(&self, tenant: TenantId, job: &JobRow, lost: &AtomicBool, on_progress: &(dyn Fn(&[InputRow]) + Sync)) -> Result<(), RunError> {
         let (_, inputs) = self.store.get(tenant, job.id).await?;
-        for input in inputs.iter().filter(|i| !i.done) {
-            self.run_input(tenant, job.id, input, lost, &|| async {
-                if let Ok((_, now)) = self.store.get(tenant, job.id).await {
-                    on_progress(&now);
+        let pending: Vec<&InputRow> = inputs.iter().filter(|i| !i.done).collect();
+        // Two lanes of inputs at once (each input has its own checkpoint row), so the
+        // database works on two transactions in parallel.
+        let lane = |parity: usize| {
+            let mine: Vec<&InputRow> = pending.iter().enumerate().filter(|(n, _)| n % 2 == parity).map(|(_, i)| *i).collect();
+            async move {
+                for input in mine {
+                    self.run_input(tenant, job.id, input, lost, &|| async {
+                        if let Ok((_, now)) = self.store.get(tenant, job.id).await {
+                            on_progress(&now);
+                        }
+                    })
+                    .await?;
                 }
-            })
-            .await?;
-        }
-        Ok(())
+                Ok::<(), RunError>(())
+            }
+        };
+        let (a, b) = tokio::join!(lane(0), lane(1));
+        a.and(b)
     }
 
     /// Streams one input from its checkpoint: parsing runs ahead of storing.
@@ -277,102 +290,87 @@ impl ImportService {
         if let (Some(total), None) = (reader.total_bytes, input.total_bytes) {
             self.store.set_total_bytes(job, input.position, total).await?;
         }
+        // Reading, parsing and validating run on their own task (another core) ahead
+        // of the writes.
         let (tx, mut rx) = mpsc::channel::<Result<Batch, String>>(READ_AHEAD);
-        let kind = input.resource_type.as_str();
-        let read = async {
+        let (kind, url, batch_size) = (input.resource_type.clone(), input.url.clone(), self.settings.batch_size);
+        let reading = tokio::spawn(async move {
+            let mut previous_keys = HashSet::new();
             loop {
-                let batch = self.read_batch(&mut reader, kind, &input.url).await;
+                let batch = read_batch(&mut reader, &kind, &url, batch_size, &mut previous_keys).await;
                 let done = matches!(&batch, Ok(b) if b.done) || batch.is_err();
                 if tx.send(batch).await.is_err() || done {
                     return;
                 }
             }
-        };
-        let write = async {
-            while let Some(batch) = rx.recv().await {
-                if lost.load(Ordering::Relaxed) {
-                    return Err(RunError::Lost);
-                }
-                let batch = batch.map_err(RunError::Failed)?;
-                let done = batch.done;
-                self.write_batch(tenant, job, input.position, batch).await?;
-                progress().await;
-                if done {
-                    return Ok(());
-                }
-                if self.stopping.load(Ordering::Relaxed) {
-                    return Err(RunError::Stopping);
+        });
+        // Up to `depth` batches are written at once, each in its own transaction; batch
+        // k+1 commits only after batch k did (its gate), so checkpoints advance in order
+        // and a failed batch takes the ones after it down with it.
+        let depth = if matches!(self.store.db(), crate::db::Db::Postgres(_)) { 2 } else { 1 };
+        let written = async {
+            let mut in_flight = FuturesOrdered::new();
+            let mut previous: Option<oneshot::Receiver<bool>> = None;
+            let mut more = true;
+            loop {
+                tokio::select! {
+                    biased;
+                    Some((result, done)) = in_flight.next(), if !in_flight.is_empty() => {
+                        result?;
+                        progress().await;
+                        if done {
+                            return Ok(());
+                        }
+                    }
+                    batch = rx.recv(), if more && in_flight.len() < depth => {
+                        let Some(batch) = batch else {
+                            more = false;
+                            continue;
+                        };
+                        if lost.load(Ordering::Relaxed) {
+                            return Err(RunError::Lost);
+                        }
+                        if self.stopping.load(Ordering::Relaxed) {
+                            while let Some((result, _)) = in_flight.next().await {
+                                result?;
+                            }
+                            return Err(RunError::Stopping);
+                        }
+                        let batch = batch.map_err(RunError::Failed)?;
+                        let (committed, next) = oneshot::channel();
+                        let gate = previous.replace(next);
+                        let done = batch.done;
+                        let position = input.position;
+                        in_flight.push_back(async move {
+                            let result = self.write_batch(tenant, job, position, batch, gate).await;
+                            let _ = committed.send(result.is_ok());
+                            (result, done)
+                        });
+                    }
+                    else => return Err(RunError::Failed("the input reader stopped early".into())),
                 }
             }
-            Err(RunError::Failed("the input reader stopped early".into()))
-        };
-        let (_, written) = tokio::join!(read, write);
+        }
+        .await;
+        reading.abort();
         written
     }
 
-    /// Reads lines until a batch is full (by count or bytes) or the input ends.
-    async fn read_batch(&self, reader: &mut LineReader, kind: &str, url: &str) -> Result<Batch, String> {
-        let mut studies = Vec::new();
-        let mut study_ids = Vec::new();
-        let mut reports = Vec::new();
-        let mut keys: HashSet<String> = HashSet::new();
-        let mut rejected = Vec::new();
-        let mut bytes = 0;
-        let mut pending: Option<Line> = None;
-        let (mut end_offset, mut end_line) = reader.position();
-        let mut done = false;
-        loop {
-            let line = match pending.take() {
-                Some(l) => l,
-                None => match reader.next_line().await? {
-                    Some(l) => l,
-                    None => {
-                        done = true;
-                        break;
-                    }
-                },
-            };
-            if line.bytes.iter().all(u8::is_ascii_whitespace) && !line.too_long {
-                (end_offset, end_line) = (line.end_offset, line.number);
-                continue;
-            }
-            match parse_line(&line, kind) {
-                Err(outcome) => rejected.push((line.number, outcome_for(url, line.number, outcome))),
-                Ok(Parsed::Study(study)) => {
-                    if !keys.insert(study.upsert.study_instance_uid.clone()) {
-                        pending = Some(line); // the same study twice: the second goes in the next batch
-                        break;
-                    }
-                    if let Some(id) = study.source_id {
-                        study_ids.push((id, study.upsert.study_instance_uid.clone()));
-                    }
-                    studies.push(study.upsert);
-                }
-                Ok(Parsed::Report(report)) => {
-                    if !keys.insert(report.business_key.clone()) {
-                        pending = Some(line);
-                        break;
-                    }
-                    reports.push(report);
+    /// Stores a batch, its rejected lines and the checkpoint in one transaction, which
+    /// commits only once the batch before it (`previous`) has.
+    async fn write_batch(&self, tenant: TenantId, job: Uuid, position: i32, batch: Batch, previous: Option<oneshot::Receiver<bool>>) -> Result<(), RunError> {
+        let Batch { items, rejected, end_offset, end_line, done, overlaps_previous } = batch;
+        let mut previous = previous;
+        if overlaps_previous {
+            // The same resource is in the batch before: let that one commit first (two
+            // transactions holding each other's rows would otherwise wait forever).
+            if let Some(p) = previous.take() {
+                if !p.await.unwrap_or(false) {
+                    return Err(RunError::Failed("the batch before failed".into()));
                 }
             }
-            bytes += line.bytes.len();
-            (end_offset, end_line) = (line.end_offset, line.number);
-            if keys.len() >= self.settings.batch_size || bytes >= BATCH_BYTES || rejected.len() >= self.settings.batch_size {
-                break;
-            }
         }
-        if let Some(line) = pending {
-            // Not in this batch: the checkpoint stays before it, and the next batch starts with it.
-            reader.unread(line);
-        }
-        let items = if kind == "ImagingStudy" { Items::Studies { upserts: studies, source_ids: study_ids } } else { Items::Reports(reports) };
-        Ok(Batch { items, rejected, end_offset, end_line, done })
-    }
-
-    /// Stores a batch, its rejected lines and the checkpoint in one transaction.
-    async fn write_batch(&self, tenant: TenantId, job: Uuid, position: i32, batch: Batch) -> Result<(), RunError> {
-        let Batch { items, rejected, end_offset, end_line, done } = batch;
+        let gate: Option<CommitGate<'_>> = previous.map(|p| Box::pin(async move { p.await.unwrap_or(false) }) as CommitGate<'_>);
         let base = Progress { byte_offset: end_offset, line: end_line, failed: rejected.len() as i64, done, ..Progress::default() };
         let owner = self.owner.as_str();
         let followups = |outcomes: &[UpsertOutcome], extra: Vec<crate::db::sql::Followup>| {
@@ -384,27 +382,94 @@ impl ImportService {
                     UpsertOutcome::Unchanged(_) => p.unchanged += 1,
                 }
             }
-            let mut f = rejected_lines(tenant, job, position, &rejected);
+            let mut f = rejected_lines(self.store.db(), tenant, job, position, &rejected);
             f.extend(extra);
             f.push(checkpoint(job, owner, position, &p));
             f
         };
         if items.len() == 0 {
+            if let Some(g) = gate {
+                if !g.await {
+                    return Err(RunError::Failed("the batch before failed".into()));
+                }
+            }
             self.store.commit(followups(&[], Vec::new())).await?;
             return Ok(());
         }
-        match items {
+        let result = match items {
             Items::Studies { upserts, source_ids: ids } => {
-                let after = |outcomes: &[UpsertOutcome]| followups(outcomes, source_ids(tenant, "ImagingStudy", &ids));
-                self.studies.upsert_batch(tenant, &upserts, Some(&after)).await?;
+                let after = |outcomes: &[UpsertOutcome]| followups(outcomes, source_ids(self.store.db(), tenant, "ImagingStudy", &ids));
+                self.studies.upsert_batch(tenant, &upserts, Some(AfterWrite { followups: &after, gate })).await
             }
             Items::Reports(reports) => {
                 let after = |outcomes: &[UpsertOutcome]| followups(outcomes, Vec::new());
-                self.reports.upsert_batch(tenant, &reports, Some(&after)).await?;
+                self.reports.upsert_batch(tenant, &reports, Some(AfterWrite { followups: &after, gate })).await
+            }
+        };
+        result.map(|_| ()).map_err(RunError::from)
+    }
+}
+
+/// Reads lines until a batch is full (by count or bytes) or the input ends.
+async fn read_batch(reader: &mut LineReader, kind: &str, url: &str, batch_size: usize, previous_keys: &mut HashSet<String>) -> Result<Batch, String> {
+    let mut studies = Vec::new();
+    let mut study_ids = Vec::new();
+    let mut reports = Vec::new();
+    let mut keys: HashSet<String> = HashSet::new();
+    let mut rejected = Vec::new();
+    let mut bytes = 0;
+    let mut pending: Option<Line> = None;
+    let (mut end_offset, mut end_line) = reader.position();
+    let mut done = false;
+    loop {
+        let line = match pending.take() {
+            Some(l) => l,
+            None => match reader.next_line().await? {
+                Some(l) => l,
+                None => {
+                    done = true;
+                    break;
+                }
+            },
+        };
+        if line.bytes.iter().all(u8::is_ascii_whitespace) && !line.too_long {
+            (end_offset, end_line) = (line.end_offset, line.number);
+            continue;
+        }
+        match parse_line(&line, kind) {
+            Err(outcome) => rejected.push((line.number, outcome_for(url, line.number, outcome))),
+            Ok(Parsed::Study(study)) => {
+                if !keys.insert(study.upsert.study_instance_uid.clone()) {
+                    pending = Some(line); // the same study twice: the second goes in the next batch
+                    break;
+                }
+                if let Some(id) = study.source_id {
+                    study_ids.push((id, study.upsert.study_instance_uid.clone()));
+                }
+                studies.push(study.upsert);
+            }
+            Ok(Parsed::Report(report)) => {
+                if !keys.insert(report.business_key.clone()) {
+                    pending = Some(line);
+                    break;
+                }
+                reports.push(report);
             }
         }
-        Ok(())
+        bytes += line.bytes.len();
+        (end_offset, end_line) = (line.end_offset, line.number);
+        if keys.len() >= batch_size || bytes >= BATCH_BYTES || rejected.len() >= batch_size {
+            break;
+        }
     }
+    if let Some(line) = pending {
+        // Not in this batch: the checkpoint stays before it, and the next batch starts with it.
+        reader.unread(line);
+    }
+    let items = if kind == "ImagingStudy" { Items::Studies { upserts: studies, source_ids: study_ids } } else { Items::Reports(reports) };
+    let overlaps_previous = keys.iter().any(|k| previous_keys.contains(k));
+    *previous_keys = keys;
+    Ok(Batch { items, rejected, end_offset, end_line, done, overlaps_previous })
 }
 
 enum Parsed {

@@ -208,6 +208,7 @@ impl LineReader {
         loop {
             if let Some(i) = self.buf[self.start + scanned..].iter().position(|b| *b == b'\n') {
                 let end = self.start + scanned + i;
+                let too_long = too_long || end - self.start > MAX_LINE_BYTES;
                 let mut bytes = if too_long { Vec::new() } else { self.buf[self.start..end].to_vec() };
                 if bytes.last() == Some(&b'\r') {
                     bytes.pop();

@@ -103,6 +103,8 @@ pub trait ImportStore: Send + Sync {
     /// Runs follow-ups (rejected lines and a checkpoint) in one transaction, for a
     /// batch with nothing to upsert.
     async fn commit(&self, followups: Vec<Followup>) -> StoreResult<()>;
+    /// The database the follow-ups are written for.
+    fn db(&self) -> &Db;
 }
 
 /// The fenced checkpoint of one input: applies only while `owner` holds the running job.
@@ -130,36 +132,33 @@ pub fn checkpoint(job: Uuid, owner: &str, position: i32, p: &Progress) -> Follow
 }
 
 /// Rejected lines of a batch (a line rejected twice, after a resume, is kept once).
-pub fn rejected_lines(tenant: TenantId, job: Uuid, position: i32, lines: &[(i64, Value)]) -> Vec<Followup> {
-    lines
-        .chunks(1000)
-        .map(|chunk| {
-            let mut sql = SqlBuf::new("INSERT INTO import_errors (job_id, tenant_id, position, line, outcome) VALUES ");
-            for (n, (line, outcome)) in chunk.iter().enumerate() {
-                let values = [Arg::Uuid(job), Arg::Uuid(tenant.0), Arg::Int(position as i64), Arg::Int(*line), Arg::Json(outcome.clone())];
-                let placeholders: Vec<String> = values.into_iter().map(|v| sql.arg(v)).collect();
-                sql.push(if n == 0 { "(" } else { ", (" }).push(&placeholders.join(", ")).push(")");
-            }
-            sql.push(" ON CONFLICT (job_id, position, line) DO NOTHING");
-            Followup { sql, fence: false }
-        })
-        .collect()
+pub fn rejected_lines(db: &Db, tenant: TenantId, job: Uuid, position: i32, lines: &[(i64, Value)]) -> Vec<Followup> {
+    if lines.is_empty() {
+        return Vec::new();
+    }
+    let columns = [("job_id", "uuid"), ("tenant_id", "uuid"), ("position", "integer"), ("line", "bigint"), ("outcome", "jsonb")];
+    let rows = lines
+        .iter()
+        .map(|(line, outcome)| vec![Arg::Uuid(job), Arg::Uuid(tenant.0), Arg::Int(position as i64), Arg::Int(*line), Arg::Json(outcome.clone())])
+        .collect();
+    let mut sql = SqlBuf::bulk_insert(db, "import_errors", &columns, rows);
+    sql.push(" ON CONFLICT (job_id, position, line) DO NOTHING");
+    vec![Followup { sql, fence: false }]
 }
 
 /// Remembers the source ids of imported resources (`ImagingStudy/<source id>`).
-pub fn source_ids(tenant: TenantId, resource_type: &str, ids: &[(String, String)]) -> Vec<Followup> {
-    ids.chunks(1000)
-        .map(|chunk| {
-            let mut sql = SqlBuf::new("INSERT INTO fhir_source_ids (tenant_id, resource_type, source_id, business_key) VALUES ");
-            for (n, (source_id, key)) in chunk.iter().enumerate() {
-                let values = [Arg::Uuid(tenant.0), Arg::Text(resource_type.to_string()), Arg::Text(source_id.clone()), Arg::Text(key.clone())];
-                let placeholders: Vec<String> = values.into_iter().map(|v| sql.arg(v)).collect();
-                sql.push(if n == 0 { "(" } else { ", (" }).push(&placeholders.join(", ")).push(")");
-            }
-            sql.push(" ON CONFLICT (tenant_id, resource_type, source_id) DO UPDATE SET business_key = excluded.business_key");
-            Followup { sql, fence: false }
-        })
-        .collect()
+pub fn source_ids(db: &Db, tenant: TenantId, resource_type: &str, ids: &[(String, String)]) -> Vec<Followup> {
+    if ids.is_empty() {
+        return Vec::new();
+    }
+    let columns = [("tenant_id", "uuid"), ("resource_type", "text"), ("source_id", "text"), ("business_key", "text")];
+    let rows = ids
+        .iter()
+        .map(|(source_id, key)| vec![Arg::Uuid(tenant.0), Arg::Text(resource_type.to_string()), Arg::Text(source_id.clone()), Arg::Text(key.clone())])
+        .collect();
+    let mut sql = SqlBuf::bulk_insert(db, "fhir_source_ids", &columns, rows);
+    sql.push(" ON CONFLICT (tenant_id, resource_type, source_id) DO UPDATE SET business_key = excluded.business_key");
+    vec![Followup { sql, fence: false }]
 }
 
 pub struct SqlImportStore {
@@ -312,6 +311,10 @@ impl ImportStore for SqlImportStore {
                    ORDER BY line LIMIT $5";
         Ok(on_db!(&self.db, pool => sqlx::query_as::<_, (i64, Json<Value>)>(sql)
             .bind(tenant.0).bind(id).bind(position).bind(after_line).bind(limit).fetch_all(pool).await)?)
+    }
+
+    fn db(&self) -> &Db {
+        &self.db
     }
 
     async fn commit(&self, followups: Vec<Followup>) -> StoreResult<()> {
