@@ -312,7 +312,7 @@ async fn kill_9_mid_import_then_restart_resumes_with_exact_counts() {
     let db = radiology::db::Db::connect(&url, 2).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let lines: i64 = radiology::on_db!(&db, pool => sqlx::query_scalar("SELECT COALESCE(SUM(line), 0) FROM import_job_inputs WHERE job_id = $1")
+        let lines: i64 = radiology::on_db!(&db, pool => sqlx::query_scalar("SELECT CAST(COALESCE(SUM(line), 0) AS BIGINT) FROM import_job_inputs WHERE job_id = $1")
             .bind(job.id).fetch_one(pool).await).unwrap();
         if lines > 1000 {
             break;
@@ -439,4 +439,52 @@ async fn http_inputs_on_an_allowed_host_import() {
         assert_eq!(output_of(&manifest, kind)["count"], expected[kind]["valid"], "{manifest}");
     }
     app.stop().await;
+}
+
+/// `radiology export-studies` builds ImagingStudy NDJSON from a real PACS (Orthanc) with
+/// the sync's mapping; `radiology import` loads it: every study, tagged historical.
+#[tokio::test]
+async fn export_studies_from_orthanc_then_the_import_cli_loads_them() {
+    let Some(orthanc) = crate::helpers::Orthanc::from_env() else { return };
+    let patient = format!("EXP-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let mut uids = HashSet::new();
+    for (i, date) in ["20190304", "20210611", "20230102"].iter().enumerate() {
+        uids.insert(orthanc.create_study(&patient, &format!("ACC-{patient}-{i}"), date, "CT", "Thorax export").await);
+    }
+    let (url, db_dir) = fresh_database().await;
+    let config = Config { data_dir: db_dir.path().into(), ..TestApp::config_for(&url) };
+    let app = TestApp::spawn_with(config.clone()).await;
+    let endpoint = app
+        .create_endpoint(&crate::helpers::endpoint_body("orthanc-export", &orthanc.dicomweb_url(), &orthanc.user, &orthanc.password))
+        .await;
+    let tenant = app.tenant;
+    app.stop().await;
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_radiology"))
+            .args(args)
+            .env("RADIOLOGY_DATABASE_URL", &url)
+            .env("RADIOLOGY_DATA_DIR", db_dir.path())
+            .env("RADIOLOGY_JWT_SECRET", crate::helpers::JWT_SECRET)
+            .env("RADIOLOGY_SECRET_KEY", config.secret_key.as_ref().unwrap().expose())
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("the radiology CLI runs")
+    };
+    let out = cli(&["export-studies", "--endpoint", endpoint["id"].as_str().unwrap(), "--since", "2015-01-01"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let mine: Vec<&Value> = lines.iter().filter(|s| s["subject"]["identifier"]["value"] == patient.as_str()).collect();
+    assert_eq!(mine.len(), 3, "{lines:?}");
+    validate_fhir(&mine.iter().map(|v| (*v).clone()).collect::<Vec<_>>());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("exported-ImagingStudy.ndjson");
+    std::fs::write(&file, mine.iter().map(|v| format!("{v}\n")).collect::<String>()).unwrap();
+    let out = cli(&["import", "--tenant", &tenant.to_string(), file.to_str().unwrap()]);
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{summary}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(summary.lines().any(|l| l.starts_with("ImagingStudy") && l.split_whitespace().nth(1) == Some("3")), "{summary}");
+    let db = radiology::db::Db::connect(&url, 1).await.unwrap();
+    let stored: Vec<String> = radiology::on_db!(&db, pool => sqlx::query_scalar("SELECT pacs_study_uid FROM imaging_studies WHERE tenant_id = $1")
+        .bind(tenant).fetch_all(pool).await).unwrap();
+    assert_eq!(stored.into_iter().collect::<HashSet<_>>(), uids);
 }
