@@ -145,7 +145,7 @@ async fn import(config: &Config, tenant: Uuid, resource_type: Option<String>, er
         let url = if input.contains("://") {
             input.clone()
         } else {
-            let path = std::fs::canonicalize(input).with_context(|| format!("{input}"))?;
+            let path = std::fs::canonicalize(input).with_context(|| input.to_string())?;
             url::Url::from_file_path(&path).map_err(|_| anyhow::anyhow!("{input}: not a usable path"))?.to_string()
         };
         SourcePolicy::Operator.check(&url).map_err(|e| anyhow::anyhow!(e))?;
@@ -225,7 +225,6 @@ async fn export_studies(config: &Config, endpoint: Uuid, since: Option<chrono::N
         Ok(())
     };
     let (n, warnings) = state.sync.walk_studies(tenant, endpoint, since, &mut sink).await?;
-    drop(sink);
     out.flush()?;
     for w in &warnings {
         eprintln!("warning: {w}");

@@ -86,6 +86,7 @@ impl AppState {
             reports.clone(),
             http.clone(),
             ImportSettings::from_config(config),
+            metrics.clone(),
         ));
         let sync = Arc::new(SyncService::new(
             pacs.clone(),

@@ -23,6 +23,8 @@ pub struct Metrics {
     latency: Mutex<BTreeMap<(String, String), Histogram>>,
     sync_runs: Mutex<BTreeMap<&'static str, u64>>,
     sync_studies: Mutex<BTreeMap<&'static str, u64>>,
+    import_jobs: Mutex<BTreeMap<&'static str, u64>>,
+    import_resources: Mutex<BTreeMap<(String, &'static str), u64>>,
 }
 
 fn escape(label: &str) -> String {
@@ -51,6 +53,21 @@ impl Metrics {
         let mut studies = self.sync_studies.lock().unwrap();
         for (outcome, n) in [("seen", seen), ("created", created), ("updated", updated), ("failed", failed)] {
             *studies.entry(outcome).or_default() += n.max(0) as u64;
+        }
+    }
+
+    /// Counts one ended import job by result (completed, failed, retried, cancelled).
+    pub fn observe_import_job(&self, result: &'static str) {
+        *self.import_jobs.lock().unwrap().entry(result).or_default() += 1;
+    }
+
+    /// Counts the resources of one stored import batch by type and outcome.
+    pub fn observe_import_batch(&self, resource_type: &str, created: i64, updated: i64, unchanged: i64, failed: i64) {
+        let mut m = self.import_resources.lock().unwrap();
+        for (outcome, n) in [("created", created), ("updated", updated), ("unchanged", unchanged), ("failed", failed)] {
+            if n > 0 {
+                *m.entry((resource_type.to_string(), outcome)).or_default() += n as u64;
+            }
         }
     }
 
@@ -86,6 +103,16 @@ impl Metrics {
         out.push_str("# TYPE radiology_sync_studies_total counter\n");
         for (outcome, n) in self.sync_studies.lock().unwrap().iter() {
             let _ = writeln!(out, "radiology_sync_studies_total{{outcome=\"{outcome}\"}} {n}");
+        }
+        out.push_str("# HELP radiology_import_jobs_total Bulk import jobs ended, by result.\n");
+        out.push_str("# TYPE radiology_import_jobs_total counter\n");
+        for (result, n) in self.import_jobs.lock().unwrap().iter() {
+            let _ = writeln!(out, "radiology_import_jobs_total{{result=\"{result}\"}} {n}");
+        }
+        out.push_str("# HELP radiology_import_resources_total Bulk-imported lines by resource type and outcome.\n");
+        out.push_str("# TYPE radiology_import_resources_total counter\n");
+        for ((kind, outcome), n) in self.import_resources.lock().unwrap().iter() {
+            let _ = writeln!(out, "radiology_import_resources_total{{type=\"{}\",outcome=\"{outcome}\"}} {n}", escape(kind));
         }
         let (size, idle, max) = db.pool_stats();
         let backend = db.backend();

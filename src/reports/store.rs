@@ -124,6 +124,9 @@ pub struct StudyMatch {
     pub ref_ids: Vec<String>,
 }
 
+/// A token search value: (system, code); a `Some("")` system means "no system".
+pub type Token = (Option<String>, String);
+
 /// A search of the reports, shared by REST and FHIR. Lists within a field are
 /// alternatives (OR); fields combine with AND.
 #[derive(Debug, Default, Clone)]
@@ -133,7 +136,7 @@ pub struct ReportQuery {
     pub statuses: Vec<String>,
     /// (param, system, value) token conditions on the index; each is ANDed, the
     /// alternatives inside one are ORed.
-    pub tokens: Vec<(&'static str, Vec<(Option<String>, String)>)>,
+    pub tokens: Vec<(&'static str, Vec<Token>)>,
     pub effective: Vec<Bound>,
     pub last_updated: Vec<Bound>,
     pub tags: Vec<(Option<String>, String)>,

@@ -159,7 +159,7 @@ impl Issues {
                 _ => self.add(format!("{path}.coding[{i}].code"), "a Coding needs a code (or at least a display)"),
             }
         }
-        if out.is_empty() && v.get("text").and_then(Value::as_str).is_none() && !v.get("coding").is_some_and(|c| c.as_array().is_some_and(|a| !a.is_empty())) {
+        if out.is_empty() && v.get("text").and_then(Value::as_str).is_none() && v.get("coding").is_none_or(|c| c.as_array().is_none_or(|a| a.is_empty())) {
             self.add(path, "a CodeableConcept needs a coding or a text");
         }
         out

@@ -96,6 +96,15 @@ enum Items {
     Reports(Vec<ReportUpsert>),
 }
 
+impl Batch {
+    fn kind(&self) -> &'static str {
+        match self.items {
+            Items::Studies { .. } => "ImagingStudy",
+            Items::Reports(_) => "DiagnosticReport",
+        }
+    }
+}
+
 impl Items {
     fn len(&self) -> usize {
         match self {
@@ -132,6 +141,7 @@ pub struct ImportService {
     owner: String,
     stopping: AtomicBool,
     wake: tokio::sync::Notify,
+    metrics: Arc<crate::http::metrics::Metrics>,
 }
 
 impl ImportService {
@@ -141,9 +151,10 @@ impl ImportService {
         reports: Arc<dyn ReportStore>,
         http: reqwest::Client,
         settings: ImportSettings,
+        metrics: Arc<crate::http::metrics::Metrics>,
     ) -> Self {
         let owner = format!("{}:{}", std::process::id(), Uuid::new_v4());
-        Self { store, studies, reports, http, settings, owner, stopping: AtomicBool::new(false), wake: tokio::sync::Notify::new() }
+        Self { store, studies, reports, http, settings, owner, stopping: AtomicBool::new(false), wake: tokio::sync::Notify::new(), metrics }
     }
 
     pub fn store(&self) -> &Arc<dyn ImportStore> {
@@ -233,6 +244,13 @@ impl ImportService {
             r = work => r,
             _ = heartbeat => unreachable!("the heartbeat never ends by itself"),
         };
+        self.metrics.observe_import_job(match &result {
+            Ok(()) => "completed",
+            Err(RunError::Lost) => "lost_or_cancelled",
+            Err(RunError::Stopping) => "interrupted",
+            Err(RunError::Failed(_)) if job.attempts >= self.settings.max_attempts => "failed",
+            Err(RunError::Failed(_)) => "retried",
+        });
         let outcome = match result {
             Ok(()) => self.store.finish(job.id, &self.owner, "completed", None).await.map(|_| ()),
             Err(RunError::Lost) => {
@@ -342,9 +360,13 @@ impl ImportService {
                         let done = batch.done;
                         let position = input.position;
                         in_flight.push_back(async move {
+                            let kind = batch.kind();
                             let result = self.write_batch(tenant, job, position, batch, gate).await;
+                            if let Ok(p) = &result {
+                                self.metrics.observe_import_batch(kind, p.created, p.updated, p.unchanged, p.failed);
+                            }
                             let _ = committed.send(result.is_ok());
-                            (result, done)
+                            (result.map(|_| ()), done)
                         });
                     }
                     else => return Err(RunError::Failed("the input reader stopped early".into())),
@@ -358,7 +380,7 @@ impl ImportService {
 
     /// Stores a batch, its rejected lines and the checkpoint in one transaction, which
     /// commits only once the batch before it (`previous`) has.
-    async fn write_batch(&self, tenant: TenantId, job: Uuid, position: i32, batch: Batch, previous: Option<oneshot::Receiver<bool>>) -> Result<(), RunError> {
+    async fn write_batch(&self, tenant: TenantId, job: Uuid, position: i32, batch: Batch, previous: Option<oneshot::Receiver<bool>>) -> Result<Progress, RunError> {
         let Batch { items, rejected, end_offset, end_line, done, overlaps_previous } = batch;
         let mut previous = previous;
         if overlaps_previous {
@@ -394,7 +416,7 @@ impl ImportService {
                 }
             }
             self.store.commit(followups(&[], Vec::new())).await?;
-            return Ok(());
+            return Ok(base);
         }
         let result = match items {
             Items::Studies { upserts, source_ids: ids } => {
@@ -406,7 +428,16 @@ impl ImportService {
                 self.reports.upsert_batch(tenant, &reports, Some(AfterWrite { followups: &after, gate })).await
             }
         };
-        result.map(|_| ()).map_err(RunError::from)
+        let outcomes = result.map_err(RunError::from)?;
+        let mut p = base;
+        for o in &outcomes {
+            match o {
+                UpsertOutcome::Created(_) => p.created += 1,
+                UpsertOutcome::Updated(_) => p.updated += 1,
+                UpsertOutcome::Unchanged(_) => p.unchanged += 1,
+            }
+        }
+        Ok(p)
     }
 }
 

@@ -38,7 +38,7 @@ impl ImportRequest {
     }
 }
 
-fn value_of<'a>(p: &'a Value) -> Option<&'a str> {
+fn value_of(p: &Value) -> Option<&str> {
     ["valueString", "valueUri", "valueUrl", "valueCode", "valueCanonical"].iter().find_map(|k| p.get(*k).and_then(Value::as_str))
 }
 
