@@ -80,11 +80,20 @@ impl AppState {
         let studies: Arc<dyn StudyStore> = Arc::new(SqlStudyStore::new(db.clone()));
         let reports: Arc<dyn ReportStore> = Arc::new(SqlReportStore::new(db.clone()));
         let metrics: Arc<Metrics> = Arc::default();
+        // Import inputs: no redirects (a redirect could leave the allowed hosts), and a
+        // stalled source fails instead of holding the job.
+        let import_http = reqwest::Client::builder()
+            .user_agent(concat!("radiology-service/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(std::time::Duration::from_secs(15))
+            .read_timeout(std::time::Duration::from_secs(120))
+            .build()
+            .context("building the import HTTP client")?;
         let imports = Arc::new(ImportService::new(
             Arc::new(SqlImportStore::new(db.clone())),
             studies.clone(),
             reports.clone(),
-            http.clone(),
+            import_http,
             ImportSettings::from_config(config),
             metrics.clone(),
         ));

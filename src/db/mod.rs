@@ -49,7 +49,9 @@ impl Db {
         if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let options = PgConnectOptions::from_str(url)
                 .context("parsing RADIOLOGY_DATABASE_URL")?
-                .options([("search_path", PG_SCHEMA)]);
+                // A lock wait this long is a cycle PostgreSQL cannot see (a batch waiting
+                // on its commit order while holding rows); fail it and let it retry.
+                .options([("search_path", PG_SCHEMA), ("lock_timeout", "30s")]);
             let pool = PgPoolOptions::new()
                 .max_connections(max_connections)
                 .acquire_timeout(Duration::from_secs(10))

@@ -20,6 +20,7 @@ use super::store::{ReportQuery, ReportRow, StudyLink, StudyMatch};
 use crate::auth::TenantId;
 use crate::db::StoreError;
 use crate::interop::fhir::params::{date_bounds, token};
+use crate::interop::fhir::resource::parse_reference;
 use crate::interop::fhir::{fhir_json, resource_response, FhirCtx, FhirError, SearchCommon, BASE};
 use crate::studies::mapping::DICOM_UID_SYSTEM;
 use crate::AppState;
@@ -92,7 +93,7 @@ pub fn render(row: &ReportRow, payload: &Value, version: i32, last_updated: chro
 /// Points one `imagingStudy` reference at our study when it exists, keeping (or
 /// adding) the Study Instance UID as its identifier.
 fn resolve_study_reference(reference: &mut Value, links: &[&StudyLink]) {
-    let ref_id = reference.get("reference").and_then(Value::as_str).and_then(|r| r.rsplit('/').next()).map(str::to_string);
+    let ref_id = reference.get("reference").and_then(Value::as_str).and_then(parse_reference).and_then(|(_, id)| id);
     let uid = reference
         .pointer("/identifier/value")
         .and_then(Value::as_str)

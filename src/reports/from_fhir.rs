@@ -27,7 +27,9 @@ pub fn from_fhir(resource: Value) -> Result<ReportUpsert, Vec<Issue>> {
         let system = id.get("system").and_then(Value::as_str);
         match id.get("value").and_then(Value::as_str).filter(|v| !v.is_empty()) {
             Some(value) => {
-                business_key = business_key.or_else(|| Some(format!("identifier:{}|{value}", system.unwrap_or(""))));
+                // `|` and `%` in the system are escaped, so system and value cannot run together.
+                let system_part = system.unwrap_or("").replace('%', "%25").replace('|', "%7C");
+                business_key = business_key.or_else(|| Some(format!("identifier:{system_part}|{value}")));
                 index.push(token("identifier", (system.map(str::to_string), value.to_string())));
             }
             None => issues.add(format!("{p}.identifier[{i}].value"), "an identifier needs a value"),

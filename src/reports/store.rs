@@ -335,7 +335,8 @@ impl ReportStore for SqlReportStore {
                     let t = lookup.arg(Arg::Uuid(tenant.0));
                     lookup.push(&t).push(" AND ");
                     lookup.push_in_keys(&self.db, "business_key", pending.iter().map(|i| chunk[*i].business_key.clone()).collect());
-                    lookup.push(lock);
+                    // Rows are locked in key order, so concurrent writers cannot deadlock.
+                    lookup.push(" ORDER BY business_key").push(lock);
                     let existing: Vec<ReportRow> = bind_args!(sqlx::query_as::<_, ReportRow>(&lookup.text), &lookup.args)
                         .fetch_all(&mut *tx).await?;
                     let by_key: HashMap<&str, &ReportRow> = existing.iter().map(|r| (r.business_key.as_str(), r)).collect();
@@ -365,6 +366,7 @@ impl ReportStore for SqlReportStore {
                         outcomes[offset + i] = Some(UpsertOutcome::Updated(row.id));
                     }
                     pending.clear();
+                    new.sort_by(|a, b| chunk[a.0].business_key.cmp(&chunk[b.0].business_key));
                     if !new.is_empty() {
                         let rows = new
                             .iter()

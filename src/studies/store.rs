@@ -314,7 +314,8 @@ impl StudyStore for SqlStudyStore {
                     let t = lookup.arg(Arg::Uuid(tenant.0));
                     lookup.push(&t).push(" AND ");
                     lookup.push_in_keys(&self.db, "pacs_study_uid", pending.iter().map(|i| chunk[*i].study_instance_uid.clone()).collect());
-                    lookup.push(lock);
+                    // Rows are locked in key order, so concurrent writers cannot deadlock.
+                    lookup.push(" ORDER BY pacs_study_uid").push(lock);
                     let existing: Vec<StudyRow> = bind_args!(sqlx::query_as::<_, StudyRow>(&lookup.text), &lookup.args)
                         .fetch_all(&mut *tx).await?;
                     let by_uid: std::collections::HashMap<&str, &StudyRow> =
@@ -345,6 +346,7 @@ impl StudyStore for SqlStudyStore {
                     if new.is_empty() {
                         continue;
                     }
+                    new.sort_by(|a, b| chunk[a.0].study_instance_uid.cmp(&chunk[b.0].study_instance_uid));
                     let rows = new
                         .iter()
                         .map(|(i, id)| {

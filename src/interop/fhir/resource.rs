@@ -86,8 +86,8 @@ impl Issues {
     /// An optional `instant` (to the second, with a time zone).
     pub fn instant(&mut self, r: &Value, path: &str, name: &str) -> Option<DateTime<Utc>> {
         let v = r.get(name)?;
-        match v.as_str().and_then(|s| DateTime::parse_from_rfc3339(s).ok()) {
-            Some(t) => Some(t.with_timezone(&Utc)),
+        match v.as_str().and_then(|s| DateTime::parse_from_rfc3339(s).ok()).and_then(|t| storable(t.with_timezone(&Utc))) {
+            Some(t) => Some(t),
             None => {
                 self.add(format!("{path}.{name}"), format!("{v} is not a FHIR instant (YYYY-MM-DDThh:mm:ss with a time zone)"));
                 None
@@ -185,7 +185,7 @@ pub fn is_id(s: &str) -> bool {
 
 /// `Type/id[/_history/v]`, `http(s)://…/Type/id`, `urn:uuid:…`, `urn:oid:…`, `#id`.
 /// Returns the type and id when the reference names them.
-fn parse_reference(s: &str) -> Option<(Option<String>, Option<String>)> {
+pub fn parse_reference(s: &str) -> Option<(Option<String>, Option<String>)> {
     if let Some(local) = s.strip_prefix('#') {
         return (local.is_empty() || is_id(local)).then_some((None, None));
     }
@@ -211,15 +211,24 @@ fn parse_reference(s: &str) -> Option<(Option<String>, Option<String>)> {
     Some((Some(kind.to_string()), Some(id.to_string())))
 }
 
-/// The earliest instant of a FHIR dateTime; a time needs seconds and a zone.
+/// The earliest instant of a FHIR dateTime; a time needs seconds and a zone. Kept to
+/// microseconds and years 1–9999 (what both stores hold exactly).
 pub fn date_time_start(s: &str) -> Option<DateTime<Utc>> {
-    if s.contains('T') {
-        return DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc));
-    }
-    match s.len() {
-        4 | 7 | 10 => crate::interop::fhir::params::date_range(s).map(|(lo, _)| lo),
-        _ => None,
-    }
+    let t = if s.contains('T') {
+        DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc))
+    } else {
+        match s.len() {
+            4 | 7 | 10 => crate::interop::fhir::params::date_range(s).map(|(lo, _)| lo),
+            _ => None,
+        }
+    };
+    storable(t?)
+}
+
+/// An instant both stores hold exactly: years 1–9999 in UTC, microseconds.
+pub fn storable(t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    use chrono::{Datelike, SubsecRound};
+    (1..=9999).contains(&t.year()).then(|| t.trunc_subsecs(6))
 }
 
 /// Removes what the server owns (`id`, `meta.versionId`, `meta.lastUpdated`) from an

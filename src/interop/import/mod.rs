@@ -118,6 +118,7 @@ impl Items {
 struct Batch {
     items: Items,
     rejected: Vec<(i64, Value)>,
+    start_offset: i64,
     end_offset: i64,
     end_line: i64,
     done: bool,
@@ -184,7 +185,7 @@ impl ImportService {
                         let lease_until = Utc::now() + service.settings.lease;
                         match service.store.claim(&service.owner, lease_until).await {
                             Ok(Some(job)) => {
-                                service.run(job, &|_| {}).await;
+                                service.run(job, None).await;
                                 continue;
                             }
                             Ok(None) => {}
@@ -217,13 +218,13 @@ impl ImportService {
             .claim_id(job.id, &self.owner, Utc::now() + self.settings.lease)
             .await?
             .ok_or_else(|| anyhow::anyhow!("could not take the job just created"))?;
-        self.run(job.clone(), on_progress).await;
+        self.run(job.clone(), Some(on_progress)).await;
         let (job, inputs) = self.store.get(tenant, job.id).await?;
         Ok(JobSummary { job, inputs })
     }
 
     /// Runs a claimed job to its end (or until it is lost), keeping its lease alive.
-    async fn run(&self, job: JobRow, on_progress: &(dyn Fn(&[InputRow]) + Sync)) {
+    async fn run(&self, job: JobRow, on_progress: Option<&(dyn Fn(&[InputRow]) + Sync)>) {
         let tenant = TenantId(job.tenant_id);
         let lost = AtomicBool::new(false);
         let work = self.run_inputs(tenant, &job, &lost, on_progress);
@@ -248,7 +249,7 @@ impl ImportService {
             Ok(()) => "completed",
             Err(RunError::Lost) => "lost_or_cancelled",
             Err(RunError::Stopping) => "interrupted",
-            Err(RunError::Failed(_)) if job.attempts >= self.settings.max_attempts => "failed",
+            Err(RunError::Failed(_)) if job.origin == "cli" || job.attempts >= self.settings.max_attempts => "failed",
             Err(RunError::Failed(_)) => "retried",
         });
         let outcome = match result {
@@ -257,15 +258,16 @@ impl ImportService {
                 tracing::info!(job_id = %job.id, "import job stopped: cancelled or taken over");
                 Ok(())
             }
-            Err(RunError::Stopping) => self.store.release(job.id, &self.owner, None, crate::db::now()).await,
+            Err(RunError::Stopping) => self.store.release(job.id, &self.owner, None, crate::db::now(), false).await,
             Err(RunError::Failed(reason)) => {
-                if job.attempts >= self.settings.max_attempts {
+                // The CLI reports its failure to the operator, who re-runs the command.
+                if job.origin == "cli" || job.attempts >= self.settings.max_attempts {
                     tracing::error!(job_id = %job.id, %reason, "import job failed for good");
                     self.store.finish(job.id, &self.owner, "failed", Some(&reason)).await.map(|_| ())
                 } else {
                     let wait = self.settings.retry_base * 2u32.pow(job.attempts.clamp(0, 10) as u32);
                     tracing::warn!(job_id = %job.id, %reason, retry_in_s = wait.as_secs(), "import job failed; will retry");
-                    self.store.release(job.id, &self.owner, Some(&reason), crate::db::now() + wait).await
+                    self.store.release(job.id, &self.owner, Some(&reason), crate::db::now() + wait, true).await
                 }
             }
         };
@@ -274,27 +276,21 @@ impl ImportService {
         }
     }
 
-    async fn run_inputs(&self, tenant: TenantId, job: &JobRow, lost: &AtomicBool, on_progress: &(dyn Fn(&[InputRow]) + Sync)) -> Result<(), RunError> {
+    async fn run_inputs(&self, tenant: TenantId, job: &JobRow, lost: &AtomicBool, on_progress: Option<&(dyn Fn(&[InputRow]) + Sync)>) -> Result<(), RunError> {
         let (_, inputs) = self.store.get(tenant, job.id).await?;
-        let pending: Vec<&InputRow> = inputs.iter().filter(|i| !i.done).collect();
-        // Two lanes of inputs at once (each input has its own checkpoint row), so the
-        // database works on two transactions in parallel.
-        let lane = |parity: usize| {
-            let mine: Vec<&InputRow> = pending.iter().enumerate().filter(|(n, _)| n % 2 == parity).map(|(_, i)| *i).collect();
-            async move {
-                for input in mine {
-                    self.run_input(tenant, job.id, input, lost, &|| async {
-                        if let Ok((_, now)) = self.store.get(tenant, job.id).await {
-                            on_progress(&now);
-                        }
-                    })
-                    .await?;
+        // Inputs run one after the other: two inputs writing at once could hold rows
+        // the other waits for while each waits on its own commit order.
+        for input in inputs.iter().filter(|i| !i.done) {
+            self.run_input(tenant, job.id, input, lost, &|| async {
+                if let Some(on_progress) = on_progress {
+                    if let Ok((_, now)) = self.store.get(tenant, job.id).await {
+                        on_progress(&now);
+                    }
                 }
-                Ok::<(), RunError>(())
-            }
-        };
-        let (a, b) = tokio::join!(lane(0), lane(1));
-        a.and(b)
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     /// Streams one input from its checkpoint: parsing runs ahead of storing.
@@ -381,7 +377,7 @@ impl ImportService {
     /// Stores a batch, its rejected lines and the checkpoint in one transaction, which
     /// commits only once the batch before it (`previous`) has.
     async fn write_batch(&self, tenant: TenantId, job: Uuid, position: i32, batch: Batch, previous: Option<oneshot::Receiver<bool>>) -> Result<Progress, RunError> {
-        let Batch { items, rejected, end_offset, end_line, done, overlaps_previous } = batch;
+        let Batch { items, rejected, start_offset, end_offset, end_line, done, overlaps_previous } = batch;
         let mut previous = previous;
         if overlaps_previous {
             // The same resource is in the batch before: let that one commit first (two
@@ -393,7 +389,7 @@ impl ImportService {
             }
         }
         let gate: Option<CommitGate<'_>> = previous.map(|p| Box::pin(async move { p.await.unwrap_or(false) }) as CommitGate<'_>);
-        let base = Progress { byte_offset: end_offset, line: end_line, failed: rejected.len() as i64, done, ..Progress::default() };
+        let base = Progress { start_offset, byte_offset: end_offset, line: end_line, failed: rejected.len() as i64, done, ..Progress::default() };
         let owner = self.owner.as_str();
         let followups = |outcomes: &[UpsertOutcome], extra: Vec<crate::db::sql::Followup>| {
             let mut p = base;
@@ -444,13 +440,14 @@ impl ImportService {
 /// Reads lines until a batch is full (by count or bytes) or the input ends.
 async fn read_batch(reader: &mut LineReader, kind: &str, url: &str, batch_size: usize, previous_keys: &mut HashSet<String>) -> Result<Batch, String> {
     let mut studies = Vec::new();
-    let mut study_ids = Vec::new();
+    let mut study_ids: std::collections::HashMap<String, String> = std::collections::HashMap::new();
     let mut reports = Vec::new();
     let mut keys: HashSet<String> = HashSet::new();
     let mut rejected = Vec::new();
     let mut bytes = 0;
     let mut pending: Option<Line> = None;
     let (mut end_offset, mut end_line) = reader.position();
+    let start_offset = end_offset;
     let mut done = false;
     loop {
         let line = match pending.take() {
@@ -475,7 +472,7 @@ async fn read_batch(reader: &mut LineReader, kind: &str, url: &str, batch_size: 
                     break;
                 }
                 if let Some(id) = study.source_id {
-                    study_ids.push((id, study.upsert.study_instance_uid.clone()));
+                    study_ids.insert(id, study.upsert.study_instance_uid.clone());
                 }
                 studies.push(study.upsert);
             }
@@ -497,10 +494,10 @@ async fn read_batch(reader: &mut LineReader, kind: &str, url: &str, batch_size: 
         // Not in this batch: the checkpoint stays before it, and the next batch starts with it.
         reader.unread(line);
     }
-    let items = if kind == "ImagingStudy" { Items::Studies { upserts: studies, source_ids: study_ids } } else { Items::Reports(reports) };
+    let items = if kind == "ImagingStudy" { Items::Studies { upserts: studies, source_ids: study_ids.into_iter().collect() } } else { Items::Reports(reports) };
     let overlaps_previous = keys.iter().any(|k| previous_keys.contains(k));
     *previous_keys = keys;
-    Ok(Batch { items, rejected, end_offset, end_line, done, overlaps_previous })
+    Ok(Batch { items, rejected, start_offset, end_offset, end_line, done, overlaps_previous })
 }
 
 enum Parsed {
@@ -517,6 +514,9 @@ fn parse_line(line: &Line, kind: &str) -> Result<Parsed, Rejection> {
         return Err(("too-long", whole(format!("the line is longer than {} MiB", source::MAX_LINE_BYTES >> 20))));
     }
     let value: Value = serde_json::from_slice(&line.bytes).map_err(|e| ("structure", whole(format!("not JSON: {e}"))))?;
+    if line.bytes.windows(6).any(|w| w.eq_ignore_ascii_case(b"\\u0000")) {
+        return Err(("invalid", whole("a string holds a NUL character (\\u0000), which FHIR strings may not contain".into())));
+    }
     let Some(found) = value.as_object().map(|o| o.get("resourceType")) else {
         return Err(("structure", whole("not a JSON object (NDJSON holds one resource per line)".into())));
     };
@@ -545,4 +545,33 @@ fn outcome_for(url: &str, line: i64, (code, issues): Rejection) -> Value {
         })
         .collect();
     json!({"resourceType": "OperationOutcome", "issue": issues})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(text: &str) -> Line {
+        Line { number: 7, bytes: text.as_bytes().to_vec(), too_long: false, start_offset: 0, end_offset: text.len() as i64 }
+    }
+
+    fn rejected(text: &str, kind: &str) -> String {
+        match parse_line(&line(text), kind) {
+            Ok(_) => panic!("{text} accepted"),
+            Err(r) => outcome_for("file:///in.ndjson", 7, r).to_string(),
+        }
+    }
+
+    #[test]
+    fn lines_postgresql_could_not_store_are_rejected_not_fatal() {
+        let report = |extra: &str| {
+            format!(r#"{{"resourceType":"DiagnosticReport","id":"r1","status":"final","code":{{"text":"CT"}}{extra}}}"#)
+        };
+        assert!(parse_line(&line(&report("")), "DiagnosticReport").is_ok());
+        assert!(rejected(&report(r#","conclusion":"a\u0000b""#), "DiagnosticReport").contains("NUL"));
+        assert!(rejected(&report(r#","issued":"0001-01-01T00:00:00+01:00""#), "DiagnosticReport").contains("issued"));
+        assert!(rejected(&report(r#","effectiveDateTime":"0000""#), "DiagnosticReport").contains("effectiveDateTime"));
+        let o = rejected(&report("").replace("DiagnosticReport", "Patient"), "DiagnosticReport");
+        assert!(o.contains("file:///in.ndjson line 7: resourceType: Patient in an input declared as DiagnosticReport"), "{o}");
+    }
 }

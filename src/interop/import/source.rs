@@ -88,6 +88,7 @@ pub struct Line {
 enum Body {
     File(tokio::fs::File),
     Http(reqwest::Response),
+    Empty,
 }
 
 /// Reads an input as lines (`\n`-terminated; a trailing `\r` is dropped).
@@ -112,6 +113,9 @@ impl LineReader {
                 let path = url.to_file_path().map_err(|_| format!("{url}: not a local path"))?;
                 let mut file = tokio::fs::File::open(&path).await.map_err(|e| format!("{}: {e}", path.display()))?;
                 let len = file.metadata().await.map_err(|e| format!("{}: {e}", path.display()))?.len() as i64;
+                if offset > len {
+                    return Err(format!("{}: the file is shorter ({len} bytes) than its checkpoint ({offset}); was it replaced?", path.display()));
+                }
                 file.seek(std::io::SeekFrom::Start(offset as u64)).await.map_err(|e| format!("{}: {e}", path.display()))?;
                 (Body::File(file), Some(len))
             }
@@ -122,6 +126,14 @@ impl LineReader {
                 }
                 let response = request.send().await.map_err(|e| format!("{}: {e}", redact(url)))?;
                 let status = response.status();
+                if status == reqwest::StatusCode::RANGE_NOT_SATISFIABLE && offset > 0 {
+                    // Resumed exactly at the end (`Content-Range: bytes */<offset>`): nothing left.
+                    let total: Option<i64> = response.headers().get(reqwest::header::CONTENT_RANGE)
+                        .and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("bytes */")).and_then(|t| t.parse().ok());
+                    if total == Some(offset) {
+                        return Ok(LineReader { body: Body::Empty, buf: Vec::new(), start: 0, offset, line, eof: true, unread: None, total_bytes: total });
+                    }
+                }
                 if !status.is_success() {
                     return Err(format!("{}: HTTP {status}", redact(url)));
                 }
@@ -159,6 +171,7 @@ impl LineReader {
                 self.buf.truncate(before + *n.as_ref().unwrap_or(&0));
                 n
             }
+            Body::Empty => Ok(0),
             Body::Http(r) => match r.chunk().await.map_err(|e| format!("reading the input: {e}"))? {
                 Some(bytes) => {
                     self.buf.extend_from_slice(&bytes);

@@ -59,6 +59,9 @@ pub struct InputRow {
 /// What one stored batch adds to its input's checkpoint.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Progress {
+    /// Where the batch started: the checkpoint only applies if it is still there
+    /// (a worker that lost its lease and committed late cannot count a batch twice).
+    pub start_offset: i64,
     pub byte_offset: i64,
     pub line: i64,
     pub created: i64,
@@ -93,7 +96,8 @@ pub trait ImportStore: Send + Sync {
     /// Ends a running job (completed or failed); false when it was not ours any more.
     async fn finish(&self, id: Uuid, owner: &str, status: &str, error: Option<&str>) -> StoreResult<bool>;
     /// Gives the job back after a transient failure, to be retried at `retry_at`.
-    async fn release(&self, id: Uuid, owner: &str, error: Option<&str>, retry_at: DateTime<Utc>) -> StoreResult<()>;
+    /// `count_attempt: false` (a graceful stop) gives back the attempt the claim took.
+    async fn release(&self, id: Uuid, owner: &str, error: Option<&str>, retry_at: DateTime<Utc>, count_attempt: bool) -> StoreResult<()>;
     /// Cancels a queued or running job; returns its status before.
     async fn cancel(&self, tenant: TenantId, id: Uuid) -> StoreResult<String>;
     /// Forgets a finished job and its error lines.
@@ -124,8 +128,9 @@ pub fn checkpoint(job: Uuid, owner: &str, position: i32, p: &Progress) -> Follow
         sql.push(text).push(&a);
     }
     let (j, pos, o) = (sql.arg(Arg::Uuid(job)), sql.arg(Arg::Int(position as i64)), sql.arg(Arg::Text(owner.to_string())));
+    let start = sql.arg(Arg::Int(p.start_offset));
     sql.push(&format!(
-        " WHERE job_id = {j} AND position = {pos} AND EXISTS \
+        " WHERE job_id = {j} AND position = {pos} AND byte_offset = {start} AND EXISTS \
          (SELECT 1 FROM import_jobs j WHERE j.id = {j} AND j.status = 'running' AND j.lease_owner = {o})"
     ));
     Followup { sql, fence: true }
@@ -270,9 +275,14 @@ impl ImportStore for SqlImportStore {
         Ok(n == 1)
     }
 
-    async fn release(&self, id: Uuid, owner: &str, error: Option<&str>, retry_at: DateTime<Utc>) -> StoreResult<()> {
-        let sql = "UPDATE import_jobs SET status = 'queued', error = $3, lease_owner = NULL, lease_until = NULL, next_attempt_at = $4, updated_at = $5 \
-                   WHERE id = $1 AND lease_owner = $2 AND status = 'running'";
+    async fn release(&self, id: Uuid, owner: &str, error: Option<&str>, retry_at: DateTime<Utc>, count_attempt: bool) -> StoreResult<()> {
+        let sql = if count_attempt {
+            "UPDATE import_jobs SET status = 'queued', error = $3, lease_owner = NULL, lease_until = NULL, next_attempt_at = $4, updated_at = $5 \
+                   WHERE id = $1 AND lease_owner = $2 AND status = 'running'"
+        } else {
+            "UPDATE import_jobs SET status = 'queued', error = $3, lease_owner = NULL, lease_until = NULL, next_attempt_at = $4, updated_at = $5, \
+                    attempts = attempts - 1 WHERE id = $1 AND lease_owner = $2 AND status = 'running'"
+        };
         on_db!(&self.db, pool => sqlx::query(sql).bind(id).bind(owner).bind(error).bind(retry_at).bind(crate::db::now()).execute(pool).await.map(|_| ()))?;
         Ok(())
     }
@@ -286,7 +296,7 @@ impl ImportStore for SqlImportStore {
             let status = status.ok_or(StoreError::NotFound)?;
             if status == "queued" || status == "running" {
                 sqlx::query("UPDATE import_jobs SET status = 'cancelled', lease_owner = NULL, lease_until = NULL, finished_at = $3, updated_at = $3 \
-                             WHERE tenant_id = $1 AND id = $2")
+                             WHERE tenant_id = $1 AND id = $2 AND status IN ('queued', 'running')")
                     .bind(tenant.0).bind(id).bind(now).execute(&mut *tx).await?;
             }
             tx.commit().await?;
