@@ -68,6 +68,9 @@ impl ImportSettings {
     }
 }
 
+/// Called with an input's checkpoints after each stored batch (the CLI's progress line).
+type OnProgress<'a> = &'a (dyn Fn(&[InputRow]) + Sync);
+
 /// Why a job stopped before finishing.
 #[derive(Debug, thiserror::Error)]
 enum RunError {
@@ -224,7 +227,7 @@ impl ImportService {
     }
 
     /// Runs a claimed job to its end (or until it is lost), keeping its lease alive.
-    async fn run(&self, job: JobRow, on_progress: Option<&(dyn Fn(&[InputRow]) + Sync)>) {
+    async fn run(&self, job: JobRow, on_progress: Option<OnProgress<'_>>) {
         let tenant = TenantId(job.tenant_id);
         let lost = AtomicBool::new(false);
         let work = self.run_inputs(tenant, &job, &lost, on_progress);
@@ -276,7 +279,7 @@ impl ImportService {
         }
     }
 
-    async fn run_inputs(&self, tenant: TenantId, job: &JobRow, lost: &AtomicBool, on_progress: Option<&(dyn Fn(&[InputRow]) + Sync)>) -> Result<(), RunError> {
+    async fn run_inputs(&self, tenant: TenantId, job: &JobRow, lost: &AtomicBool, on_progress: Option<OnProgress<'_>>) -> Result<(), RunError> {
         let (_, inputs) = self.store.get(tenant, job.id).await?;
         // Inputs run one after the other: two inputs writing at once could hold rows
         // the other waits for while each waits on its own commit order.
