@@ -204,3 +204,56 @@ impl SqlBuf {
         sql
     }
 }
+
+/// A half-open time bound of a search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    /// at or after
+    From(DateTime<Utc>),
+    /// strictly before
+    Before(DateTime<Utc>),
+}
+
+impl SqlBuf {
+    /// ` AND <column> >= …` / ` AND <column> < …` for each bound.
+    pub fn push_bounds(&mut self, column: &str, bounds: &[Bound]) -> &mut Self {
+        for bound in bounds {
+            let (op, at) = match bound {
+                Bound::From(t) => (">=", *t),
+                Bound::Before(t) => ("<", *t),
+            };
+            let p = self.arg(Arg::Time(at));
+            self.push(&format!(" AND {column} {op} {p}"));
+        }
+        self
+    }
+
+    /// ` AND (…)`: the FHIR resource in `payload` (a JSON column) has one of these
+    /// `meta.tag`s (system, code); no system matches any.
+    pub fn push_tags(&mut self, db: &super::Db, payload: &str, tags: &[(Option<String>, String)]) -> &mut Self {
+        if tags.is_empty() {
+            return self;
+        }
+        let terms: Vec<String> = tags
+            .iter()
+            .map(|(system, code)| match db {
+                super::Db::Postgres(_) => {
+                    let mut tag = serde_json::json!({"code": code});
+                    if let Some(s) = system {
+                        tag["system"] = serde_json::json!(s);
+                    }
+                    format!("{payload} @> {}", self.arg(Arg::Json(serde_json::json!({"meta": {"tag": [tag]}}))))
+                }
+                super::Db::Sqlite(_) => {
+                    let c = self.arg(Arg::Text(code.clone()));
+                    let system = match system {
+                        Some(s) => format!(" AND json_extract(t.value, '$.system') = {}", self.arg(Arg::Text(s.clone()))),
+                        None => String::new(),
+                    };
+                    format!("EXISTS (SELECT 1 FROM json_each({payload}, '$.meta.tag') t WHERE json_extract(t.value, '$.code') = {c}{system})")
+                }
+            })
+            .collect();
+        self.push(&format!(" AND ({})", terms.join(" OR ")))
+    }
+}

@@ -20,7 +20,7 @@ use crate::db::sql::{AfterWrite, Arg, SqlBuf, UpsertOutcome};
 use crate::db::{begin_write, Db, StoreError};
 use crate::interop::fhir::resource::carry_tags;
 use crate::pagination::{Cursor, PageRequest};
-use crate::studies::store::Bound;
+use crate::db::sql::Bound;
 use crate::{bind_args, on_db, run_followups};
 
 /// A row of `diagnostic_reports`.
@@ -279,38 +279,8 @@ impl SqlReportStore {
                 terms.join(" OR ")
             ));
         }
-        for (column, bounds) in [("r.effective_at", &q.effective), ("r.updated_at", &q.last_updated)] {
-            for bound in bounds {
-                let (op, at) = match bound {
-                    Bound::From(t) => (">=", *t),
-                    Bound::Before(t) => ("<", *t),
-                };
-                let p = sql.arg(Arg::Time(at));
-                sql.push(&format!(" AND {column} {op} {p}"));
-            }
-        }
-        let terms = q
-            .tags
-            .iter()
-            .map(|(system, code)| match &self.db {
-                Db::Postgres(_) => {
-                    let mut tag = serde_json::json!({"code": code});
-                    if let Some(s) = system {
-                        tag["system"] = serde_json::json!(s);
-                    }
-                    format!("r.payload @> {}", sql.arg(Arg::Json(serde_json::json!({"meta": {"tag": [tag]}}))))
-                }
-                Db::Sqlite(_) => {
-                    let c = sql.arg(Arg::Text(code.clone()));
-                    let system = match system {
-                        Some(s) => format!(" AND json_extract(t.value, '$.system') = {}", sql.arg(Arg::Text(s.clone()))),
-                        None => String::new(),
-                    };
-                    format!("EXISTS (SELECT 1 FROM json_each(r.payload, '$.meta.tag') t WHERE json_extract(t.value, '$.code') = {c}{system})")
-                }
-            })
-            .collect();
-        any(sql, terms);
+        sql.push_bounds("r.effective_at", &q.effective).push_bounds("r.updated_at", &q.last_updated);
+        sql.push_tags(&self.db, "r.payload", &q.tags);
     }
 }
 

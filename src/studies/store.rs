@@ -47,14 +47,7 @@ impl StudyRow {
     }
 }
 
-/// A half-open time bound of a search.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Bound {
-    /// at or after
-    From(DateTime<Utc>),
-    /// strictly before
-    Before(DateTime<Utc>),
-}
+pub use crate::db::sql::Bound;
 
 /// A search of the study index, shared by REST and FHIR. Lists within a field are
 /// alternatives (OR); fields combine with AND.
@@ -221,38 +214,8 @@ impl SqlStudyStore {
             .map(|m| format!("(',' || REPLACE(modality, '\\', ',') || ',') LIKE {}", sql.arg(Arg::Text(format!("%,{},%", m.to_ascii_uppercase())))))
             .collect();
         any(sql, terms);
-        for (column, bounds) in [("started_at", &q.started), ("updated_at", &q.last_updated)] {
-            for bound in bounds {
-                let (op, at) = match bound {
-                    Bound::From(t) => (">=", *t),
-                    Bound::Before(t) => ("<", *t),
-                };
-                let p = sql.arg(Arg::Time(at));
-                sql.push(&format!(" AND {column} {op} {p}"));
-            }
-        }
-        let terms = q
-            .tags
-            .iter()
-            .map(|(system, code)| match &self.db {
-                Db::Postgres(_) => {
-                    let mut tag = serde_json::json!({"code": code});
-                    if let Some(s) = system {
-                        tag["system"] = serde_json::json!(s);
-                    }
-                    format!("payload @> {}", sql.arg(Arg::Json(serde_json::json!({"meta": {"tag": [tag]}}))))
-                }
-                Db::Sqlite(_) => {
-                    let c = sql.arg(Arg::Text(code.clone()));
-                    let system = match system {
-                        Some(s) => format!(" AND json_extract(t.value, '$.system') = {}", sql.arg(Arg::Text(s.clone()))),
-                        None => String::new(),
-                    };
-                    format!("EXISTS (SELECT 1 FROM json_each(payload, '$.meta.tag') t WHERE json_extract(t.value, '$.code') = {c}{system})")
-                }
-            })
-            .collect();
-        any(sql, terms);
+        sql.push_bounds("started_at", &q.started).push_bounds("updated_at", &q.last_updated);
+        sql.push_tags(&self.db, "payload", &q.tags);
     }
 }
 

@@ -83,8 +83,6 @@ pub struct NewJob {
 pub trait ImportStore: Send + Sync {
     async fn create(&self, tenant: TenantId, job: NewJob) -> StoreResult<JobRow>;
     async fn get(&self, tenant: TenantId, id: Uuid) -> StoreResult<(JobRow, Vec<InputRow>)>;
-    /// Jobs of the tenant that have not finished, oldest first.
-    async fn unfinished(&self, tenant: TenantId) -> StoreResult<Vec<JobRow>>;
     /// Takes the next `api` job that may run now (queued, or running with an expired
     /// lease; at most one per tenant; oldest first).
     async fn claim(&self, owner: &str, lease_until: DateTime<Utc>) -> StoreResult<Option<JobRow>>;
@@ -213,11 +211,6 @@ impl ImportStore for SqlImportStore {
             let inputs = sqlx::query_as::<_, InputRow>(&input_sql).bind(tenant.0).bind(id).fetch_all(pool).await?;
             Ok::<_, StoreError>((job, inputs))
         }.await)
-    }
-
-    async fn unfinished(&self, tenant: TenantId) -> StoreResult<Vec<JobRow>> {
-        let sql = format!("SELECT {JOB_COLUMNS} FROM import_jobs WHERE tenant_id = $1 AND status IN ('queued', 'running') ORDER BY created_at, id");
-        Ok(on_db!(&self.db, pool => sqlx::query_as::<_, JobRow>(&sql).bind(tenant.0).fetch_all(pool).await)?)
     }
 
     async fn claim(&self, owner: &str, lease_until: DateTime<Utc>) -> StoreResult<Option<JobRow>> {
