@@ -83,6 +83,15 @@ impl Db {
         }
     }
 
+    /// Rows per statement of a batch upsert: PostgreSQL takes a whole batch as one JSON
+    /// argument; SQLite's VALUES lists stay under its argument limit (`sqlite_rows`).
+    pub fn batch_rows(&self, len: usize, sqlite_rows: usize) -> usize {
+        match self {
+            Db::Postgres(_) => len.max(1),
+            Db::Sqlite(_) => sqlite_rows,
+        }
+    }
+
     pub fn backend(&self) -> &'static str {
         match self {
             Db::Postgres(_) => "postgres",

@@ -78,6 +78,15 @@ pub enum UpsertOutcome {
 }
 
 impl UpsertOutcome {
+    /// (created, updated, unchanged) among `outcomes`.
+    pub fn tally(outcomes: &[UpsertOutcome]) -> (i64, i64, i64) {
+        outcomes.iter().fold((0, 0, 0), |(c, u, n), o| match o {
+            UpsertOutcome::Created(_) => (c + 1, u, n),
+            UpsertOutcome::Updated(_) => (c, u + 1, n),
+            UpsertOutcome::Unchanged(_) => (c, u, n + 1),
+        })
+    }
+
     pub fn id(&self) -> Uuid {
         match self {
             UpsertOutcome::Created(id) | UpsertOutcome::Updated(id) | UpsertOutcome::Unchanged(id) => *id,
@@ -156,6 +165,22 @@ impl Arg {
 }
 
 impl SqlBuf {
+    /// `SELECT <columns> FROM <table> WHERE tenant_id = … AND <key> IN (<keys>)`, rows
+    /// locked in key order (PostgreSQL `FOR UPDATE`; SQLite's writers are serialized
+    /// already): the lookup of a batch upsert.
+    pub fn locked_lookup(db: &super::Db, columns: &str, table: &str, tenant: Uuid, key: &str, keys: Vec<String>) -> Self {
+        let mut sql = SqlBuf::new(format!("SELECT {columns} FROM {table} WHERE tenant_id = "));
+        let t = sql.arg(Arg::Uuid(tenant));
+        sql.push(&t).push(" AND ");
+        sql.push_in_keys(db, key, keys);
+        // Rows are locked in key order, so concurrent writers cannot deadlock.
+        sql.push(&format!(" ORDER BY {key}"));
+        if matches!(db, super::Db::Postgres(_)) {
+            sql.push(" FOR UPDATE");
+        }
+        sql
+    }
+
     /// `<column> IN (<keys>)` with the keys as ONE argument (a JSON array), so the
     /// statement text and its plan do not depend on how many keys a batch has.
     pub fn push_in_keys(&mut self, db: &super::Db, column: &str, keys: Vec<String>) -> &mut Self {

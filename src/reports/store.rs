@@ -195,17 +195,10 @@ impl SqlReportStore {
         Self { db }
     }
 
-    fn row_lock(&self) -> &'static str {
-        match self.db {
-            Db::Postgres(_) => " FOR UPDATE",
-            Db::Sqlite(_) => "",
-        }
-    }
-
     /// Inserts of index entries (chunked under SQLite's argument limit).
     fn index_inserts(&self, tenant: TenantId, entries: &[(Uuid, &IndexEntry)]) -> Vec<SqlBuf> {
         let columns = [("tenant_id", "uuid"), ("report_id", "uuid"), ("param", "text"), ("system", "text"), ("value", "text"), ("study_uid", "text")];
-        let chunk = if matches!(self.db, Db::Postgres(_)) { entries.len().max(1) } else { INDEX_BATCH };
+        let chunk = self.db.batch_rows(entries.len(), INDEX_BATCH);
         entries
             .chunks(chunk)
             .map(|chunk| {
@@ -288,12 +281,11 @@ impl SqlReportStore {
 impl ReportStore for SqlReportStore {
     #[tracing::instrument(skip_all, fields(tenant_id = %tenant, reports = reports.len()))]
     async fn upsert_batch(&self, tenant: TenantId, reports: &[ReportUpsert], after: Option<AfterWrite<'_>>) -> StoreResult<Vec<UpsertOutcome>> {
-        let lock = self.row_lock();
         on_db!(&self.db, pool => async {
             let now = crate::db::now();
             let mut tx = begin_write(pool).await?;
             let mut outcomes: Vec<Option<UpsertOutcome>> = vec![None; reports.len()];
-            let chunk_size = if matches!(self.db, Db::Postgres(_)) { reports.len().max(1) } else { BATCH };
+            let chunk_size = self.db.batch_rows(reports.len(), BATCH);
             for (chunk_index, chunk) in reports.chunks(chunk_size).enumerate() {
                 let offset = chunk_index * chunk_size;
                 let mut pending: Vec<usize> = (0..chunk.len()).collect();
@@ -301,12 +293,8 @@ impl ReportStore for SqlReportStore {
                     if pending.is_empty() {
                         break;
                     }
-                    let mut lookup = SqlBuf::new(format!("SELECT {COLUMNS} FROM diagnostic_reports WHERE tenant_id = "));
-                    let t = lookup.arg(Arg::Uuid(tenant.0));
-                    lookup.push(&t).push(" AND ");
-                    lookup.push_in_keys(&self.db, "business_key", pending.iter().map(|i| chunk[*i].business_key.clone()).collect());
-                    // Rows are locked in key order, so concurrent writers cannot deadlock.
-                    lookup.push(" ORDER BY business_key").push(lock);
+                    let keys = pending.iter().map(|i| chunk[*i].business_key.clone()).collect();
+                    let lookup = SqlBuf::locked_lookup(&self.db, COLUMNS, "diagnostic_reports", tenant.0, "business_key", keys);
                     let existing: Vec<ReportRow> = bind_args!(sqlx::query_as::<_, ReportRow>(&lookup.text), &lookup.args)
                         .fetch_all(&mut *tx).await?;
                     let by_key: HashMap<&str, &ReportRow> = existing.iter().map(|r| (r.business_key.as_str(), r)).collect();

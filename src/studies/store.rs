@@ -170,13 +170,6 @@ impl SqlStudyStore {
         Self { db }
     }
 
-    fn row_lock(&self) -> &'static str {
-        match self.db {
-            Db::Postgres(_) => " FOR UPDATE",
-            Db::Sqlite(_) => "",
-        }
-    }
-
     fn where_clause(&self, tenant: TenantId, q: &StudyQuery, sql: &mut SqlBuf) {
         let t = sql.arg(Arg::Uuid(tenant.0));
         sql.push(&format!(" WHERE tenant_id = {t}"));
@@ -257,12 +250,11 @@ impl StudyStore for SqlStudyStore {
 
     #[tracing::instrument(skip_all, fields(tenant_id = %tenant, studies = studies.len()))]
     async fn upsert_batch(&self, tenant: TenantId, studies: &[StudyUpsert], after: Option<AfterWrite<'_>>) -> StoreResult<Vec<UpsertOutcome>> {
-        let lock = self.row_lock();
         on_db!(&self.db, pool => async {
             let now = crate::db::now();
             let mut tx = begin_write(pool).await?;
             let mut outcomes: Vec<Option<UpsertOutcome>> = vec![None; studies.len()];
-            let chunk_size = if matches!(self.db, Db::Postgres(_)) { studies.len().max(1) } else { UPSERT_BATCH };
+            let chunk_size = self.db.batch_rows(studies.len(), UPSERT_BATCH);
             for (chunk_index, chunk) in studies.chunks(chunk_size).enumerate() {
                 let offset = chunk_index * chunk_size;
                 // PostgreSQL locks the rows it may update, so concurrent writers of one
@@ -273,12 +265,8 @@ impl StudyStore for SqlStudyStore {
                     if pending.is_empty() {
                         break;
                     }
-                    let mut lookup = SqlBuf::new(format!("SELECT {COLUMNS} FROM imaging_studies WHERE tenant_id = "));
-                    let t = lookup.arg(Arg::Uuid(tenant.0));
-                    lookup.push(&t).push(" AND ");
-                    lookup.push_in_keys(&self.db, "pacs_study_uid", pending.iter().map(|i| chunk[*i].study_instance_uid.clone()).collect());
-                    // Rows are locked in key order, so concurrent writers cannot deadlock.
-                    lookup.push(" ORDER BY pacs_study_uid").push(lock);
+                    let keys = pending.iter().map(|i| chunk[*i].study_instance_uid.clone()).collect();
+                    let lookup = SqlBuf::locked_lookup(&self.db, COLUMNS, "imaging_studies", tenant.0, "pacs_study_uid", keys);
                     let existing: Vec<StudyRow> = bind_args!(sqlx::query_as::<_, StudyRow>(&lookup.text), &lookup.args)
                         .fetch_all(&mut *tx).await?;
                     let by_uid: std::collections::HashMap<&str, &StudyRow> =

@@ -373,3 +373,21 @@ pub fn validate_fhir(resources: &[Value]) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A real `radiology serve` child process on `database_url`, with the keys the tests use
+/// and `env` on top (RADIOLOGY_* settings). The caller kills it (SIGKILL in crash tests).
+pub fn spawn_serve(database_url: &str, data_dir: &std::path::Path, config: &Config, env: &[(&str, &str)]) -> std::process::Child {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_radiology"));
+    command
+        .arg("serve")
+        .env("RADIOLOGY_DATABASE_URL", database_url)
+        .env("RADIOLOGY_DATA_DIR", data_dir)
+        .env("RADIOLOGY_HTTP_ADDR", "127.0.0.1:0")
+        .env("RADIOLOGY_JWT_SECRET", JWT_SECRET)
+        .env("RADIOLOGY_SECRET_KEY", config.secret_key.as_ref().expect("tests set a secret key").expose())
+        .env("RUST_LOG", "warn");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.spawn().expect("radiology serve starts")
+}

@@ -296,20 +296,13 @@ async fn kill_9_mid_import_then_restart_resumes_with_exact_counts() {
     let job = app.state.imports.submit(radiology::auth::TenantId(tenant), &request, None).await.unwrap();
     app.stop().await;
 
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_radiology"))
-        .arg("serve")
-        .env("RADIOLOGY_DATABASE_URL", &url)
-        .env("RADIOLOGY_DATA_DIR", db_dir.path())
-        .env("RADIOLOGY_HTTP_ADDR", "127.0.0.1:0")
-        .env("RADIOLOGY_JWT_SECRET", crate::helpers::JWT_SECRET)
-        .env("RADIOLOGY_SECRET_KEY", config.secret_key.as_ref().unwrap().expose())
-        .env("RADIOLOGY_SYNC_ENABLED", "false")
-        .env("RADIOLOGY_IMPORT_DIR", dir.path())
-        .env("RADIOLOGY_IMPORT_BATCH_SIZE", "25")
-        .env("RADIOLOGY_IMPORT_LEASE_SECONDS", "2")
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .expect("radiology serve starts");
+    let import_dir = dir.path().to_str().unwrap();
+    let mut child = crate::helpers::spawn_serve(&url, db_dir.path(), &config, &[
+        ("RADIOLOGY_SYNC_ENABLED", "false"),
+        ("RADIOLOGY_IMPORT_DIR", import_dir),
+        ("RADIOLOGY_IMPORT_BATCH_SIZE", "25"),
+        ("RADIOLOGY_IMPORT_LEASE_SECONDS", "2"),
+    ]);
     let db = radiology::db::Db::connect(&url, 2).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

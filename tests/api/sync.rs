@@ -189,20 +189,12 @@ async fn kill_9_mid_sync_then_restart_resumes_without_loss_or_duplicates() {
     let tenant = app.tenant;
     app.stop().await;
 
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_radiology"))
-        .arg("serve")
-        .env("RADIOLOGY_DATABASE_URL", &url)
-        .env("RADIOLOGY_DATA_DIR", dir.path())
-        .env("RADIOLOGY_HTTP_ADDR", "127.0.0.1:0")
-        .env("RADIOLOGY_JWT_SECRET", crate::helpers::JWT_SECRET)
-        .env("RADIOLOGY_SECRET_KEY", config.secret_key.as_ref().unwrap().expose())
-        .env("RADIOLOGY_SYNC_MAX_RESULTS", "20")
-        .env("RADIOLOGY_SYNC_PAGE_SIZE", "5")
-        .env("RADIOLOGY_SYNC_LEASE_SECONDS", "2")
-        .env("RADIOLOGY_SYNC_BACKFILL_SINCE", "2015-01-01")
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .expect("radiology serve starts");
+    let mut child = crate::helpers::spawn_serve(&url, dir.path(), &config, &[
+        ("RADIOLOGY_SYNC_MAX_RESULTS", "20"),
+        ("RADIOLOGY_SYNC_PAGE_SIZE", "5"),
+        ("RADIOLOGY_SYNC_LEASE_SECONDS", "2"),
+        ("RADIOLOGY_SYNC_BACKFILL_SINCE", "2015-01-01"),
+    ]);
 
     // Wait until the child has checkpointed part of the run, then SIGKILL it.
     let db = radiology::db::Db::connect(&url, 2).await.unwrap();

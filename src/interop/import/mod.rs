@@ -395,14 +395,7 @@ impl ImportService {
         let base = Progress { start_offset, byte_offset: end_offset, line: end_line, failed: rejected.len() as i64, done, ..Progress::default() };
         let owner = self.owner.as_str();
         let followups = |outcomes: &[UpsertOutcome], extra: Vec<crate::db::sql::Followup>| {
-            let mut p = base;
-            for o in outcomes {
-                match o {
-                    UpsertOutcome::Created(_) => p.created += 1,
-                    UpsertOutcome::Updated(_) => p.updated += 1,
-                    UpsertOutcome::Unchanged(_) => p.unchanged += 1,
-                }
-            }
+            let p = base.with(outcomes);
             let mut f = rejected_lines(self.store.db(), tenant, job, position, &rejected);
             f.extend(extra);
             f.push(checkpoint(job, owner, position, &p));
@@ -427,16 +420,7 @@ impl ImportService {
                 self.reports.upsert_batch(tenant, &reports, Some(AfterWrite { followups: &after, gate })).await
             }
         };
-        let outcomes = result.map_err(RunError::from)?;
-        let mut p = base;
-        for o in &outcomes {
-            match o {
-                UpsertOutcome::Created(_) => p.created += 1,
-                UpsertOutcome::Updated(_) => p.updated += 1,
-                UpsertOutcome::Unchanged(_) => p.unchanged += 1,
-            }
-        }
-        Ok(p)
+        Ok(base.with(&result.map_err(RunError::from)?))
     }
 }
 

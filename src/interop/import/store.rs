@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::auth::TenantId;
 use crate::db::error::StoreResult;
-use crate::db::sql::{Arg, Followup, SqlBuf};
+use crate::db::sql::{Arg, Followup, SqlBuf, UpsertOutcome};
 use crate::db::{begin_write, Db, StoreError};
 use crate::{on_db, run_followups};
 
@@ -69,6 +69,17 @@ pub struct Progress {
     pub unchanged: i64,
     pub failed: i64,
     pub done: bool,
+}
+
+impl Progress {
+    /// This progress plus the outcomes of the batch's upserts.
+    pub fn with(mut self, outcomes: &[UpsertOutcome]) -> Self {
+        let (created, updated, unchanged) = UpsertOutcome::tally(outcomes);
+        self.created += created;
+        self.updated += updated;
+        self.unchanged += unchanged;
+        self
+    }
 }
 
 pub struct NewJob {
