@@ -84,6 +84,22 @@ pub struct Config {
     pub import_batch_size: u32,
     /// How long a process holds an import job's lease without renewing it.
     pub import_lease_seconds: u32,
+    /// Where the MLLP listener accepts HL7 v2 connections; empty = no listener.
+    pub mllp_addr: String,
+    /// Largest HL7 message taken (bytes); a bigger frame is answered AR and skipped.
+    pub mllp_max_message_bytes: u32,
+    /// A connection silent this long is closed.
+    pub mllp_idle_timeout_seconds: u32,
+    /// Most inbound messages stored in one transaction (group commit).
+    pub mllp_batch_max: u32,
+    /// UTC offset (+HH:MM) assumed for HL7 timestamps without one.
+    pub hl7_default_utc_offset: String,
+    /// Whether this process delivers the outbound outbox.
+    pub hl7_outbound_enabled: bool,
+    /// Milliseconds between outbox polls when there is nothing to deliver.
+    pub hl7_outbound_poll_ms: u32,
+    /// How long a process holds an outbound destination without renewing it.
+    pub hl7_outbound_lease_seconds: u32,
 }
 
 impl Default for Config {
@@ -112,6 +128,14 @@ impl Default for Config {
             import_workers: 1,
             import_batch_size: 1000,
             import_lease_seconds: 60,
+            mllp_addr: "127.0.0.1:2575".into(),
+            mllp_max_message_bytes: 4 * 1024 * 1024,
+            mllp_idle_timeout_seconds: 600,
+            mllp_batch_max: 64,
+            hl7_default_utc_offset: "+00:00".into(),
+            hl7_outbound_enabled: true,
+            hl7_outbound_poll_ms: 500,
+            hl7_outbound_lease_seconds: 30,
         }
     }
 }

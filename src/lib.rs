@@ -11,6 +11,7 @@ pub mod error;
 pub mod http;
 pub mod interop;
 pub mod keys;
+pub mod orders;
 pub mod pacs;
 pub mod pagination;
 pub mod reports;
@@ -34,6 +35,7 @@ use crate::studies::sync::store::SqlSyncStore;
 use crate::studies::sync::{SyncService, SyncSettings};
 use crate::studies::{SqlStudyStore, StudyStore};
 use crate::reports::{ReportStore, SqlReportStore};
+use crate::orders::{OrderStore, SqlOrderStore};
 use crate::interop::import::store::SqlImportStore;
 use crate::interop::import::{ImportService, ImportSettings};
 
@@ -45,6 +47,7 @@ pub struct AppState {
     pub pacs: Arc<PacsService>,
     pub studies: Arc<dyn StudyStore>,
     pub reports: Arc<dyn ReportStore>,
+    pub orders: Arc<dyn OrderStore>,
     pub sync: Arc<SyncService>,
     pub imports: Arc<ImportService>,
     pub metrics: Arc<Metrics>,
@@ -79,6 +82,7 @@ impl AppState {
         let pacs = Arc::new(PacsService::new(pacs_store, secrets, http.clone()));
         let studies: Arc<dyn StudyStore> = Arc::new(SqlStudyStore::new(db.clone()));
         let reports: Arc<dyn ReportStore> = Arc::new(SqlReportStore::new(db.clone()));
+        let orders: Arc<dyn OrderStore> = Arc::new(SqlOrderStore::new(db.clone()));
         let metrics: Arc<Metrics> = Arc::default();
         // Import inputs: no redirects (a redirect could leave the allowed hosts), and a
         // stalled source fails instead of holding the job.
@@ -104,7 +108,7 @@ impl AppState {
             SyncSettings::from_config(config)?,
             metrics.clone(),
         ));
-        Ok(AppState { pacs, studies, reports, sync, imports, db, token_keys, metrics })
+        Ok(AppState { pacs, studies, reports, orders, sync, imports, db, token_keys, metrics })
     }
 }
 

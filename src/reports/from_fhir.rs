@@ -13,8 +13,19 @@ use super::STATUSES;
 use crate::interop::fhir::resource::{add_tag, strip_server_fields, Issue, Issues, HISTORICAL, TAG_SYSTEM};
 use crate::studies::mapping::{is_valid_uid, DICOM_UID_SYSTEM};
 
-/// Validates a DiagnosticReport and maps it; every problem found is reported.
+/// Validates a DiagnosticReport from a bulk import and maps it, tagged `historical`;
+/// every problem found is reported.
 pub fn from_fhir(resource: Value) -> Result<ReportUpsert, Vec<Issue>> {
+    let mut upsert = map(resource)?;
+    if let Value::Object(payload) = &mut upsert.payload {
+        add_tag(payload, TAG_SYSTEM, HISTORICAL);
+    }
+    Ok(upsert)
+}
+
+/// Validates a DiagnosticReport (from any source) and maps it; every problem found is
+/// reported.
+pub fn map(resource: Value) -> Result<ReportUpsert, Vec<Issue>> {
     let mut issues = Issues::default();
     let p = "DiagnosticReport";
     let r = &resource;
@@ -138,7 +149,6 @@ pub fn from_fhir(resource: Value) -> Result<ReportUpsert, Vec<Issue>> {
         return Err(vec![Issue { expression: p.into(), message: "must be a JSON object".into() }]);
     };
     strip_server_fields(&mut payload);
-    add_tag(&mut payload, TAG_SYSTEM, HISTORICAL);
     Ok(ReportUpsert {
         business_key: business_key.expect("checked above"),
         source_id,

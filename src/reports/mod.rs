@@ -4,6 +4,7 @@
 
 pub mod fhir;
 pub mod from_fhir;
+pub mod from_hl7;
 pub mod routes;
 pub mod store;
 

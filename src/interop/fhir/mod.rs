@@ -28,6 +28,7 @@ pub fn router() -> Router<AppState> {
         .route(&format!("{BASE}/metadata"), get(metadata))
         .merge(crate::studies::fhir::router())
         .merge(crate::reports::fhir::router())
+        .merge(crate::orders::fhir::router())
         .merge(crate::interop::import::routes::router())
 }
 
@@ -156,7 +157,7 @@ pub fn capability_statement(base: &str) -> Value {
                 "cors": false,
                 "description": "Bearer JWT (HS256) with tenant_id, sub, roles (radiology.read or radiology.admin) and exp; every resource is tenant-scoped"
             },
-            "resource": [crate::studies::fhir::capability(), crate::reports::fhir::capability()],
+            "resource": [crate::studies::fhir::capability(), crate::reports::fhir::capability(), crate::orders::fhir::capability()],
             "operation": [{
                 "name": "import",
                 "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/import",

@@ -114,8 +114,51 @@ pub fn decode_text(bytes: &[u8], charset: Option<&str>) -> (String, bool) {
     }
 }
 
+/// An HL7 DTM/TS value (`YYYY[MM[DD[HH[MM[SS[.S…]]]]]][+/-ZZZZ]`, component 1 of a
+/// TS) as an instant; without an offset, `default_offset` is assumed. Missing parts
+/// default to the start of the period.
+pub fn parse_ts(text: &str, default_offset: chrono::FixedOffset) -> Option<chrono::DateTime<chrono::Utc>> {
+    use chrono::{NaiveDate, TimeZone};
+    let text = text.trim();
+    let (body, offset) = match text.find(['+', '-']) {
+        Some(i) => {
+            let z = &text[i + 1..];
+            if z.len() != 4 || !z.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let secs = (z[..2].parse::<i32>().ok()? * 60 + z[2..].parse::<i32>().ok()?) * 60;
+            let secs = if text.as_bytes()[i] == b'-' { -secs } else { secs };
+            (&text[..i], chrono::FixedOffset::east_opt(secs)?)
+        }
+        None => (text, default_offset),
+    };
+    let (digits, fraction) = match body.split_once('.') {
+        Some((d, f)) => (d, Some(f)),
+        None => (body, None),
+    };
+    if digits.len() < 4 || digits.len() > 14 || digits.len() % 2 != 0 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let part = |from: usize, default: u32| digits.get(from..from + 2).map_or(Some(default), |p| p.parse::<u32>().ok());
+    let date = NaiveDate::from_ymd_opt(digits[..4].parse().ok()?, part(4, 1)?, part(6, 1)?)?;
+    let mut micros = 0;
+    if let Some(f) = fraction {
+        if f.is_empty() || f.len() > 6 || !f.bytes().all(|b| b.is_ascii_digit()) || digits.len() != 14 {
+            return None;
+        }
+        micros = f.parse::<u32>().ok()? * 10u32.pow(6 - f.len() as u32);
+    }
+    let time = date.and_hms_micro_opt(part(8, 0)?, part(10, 0)?, part(12, 0)?, micros)?;
+    offset.from_local_datetime(&time).single().map(|t| t.with_timezone(&chrono::Utc))
+}
+
+/// An instant as an HL7 DTM with its offset: `YYYYMMDDHHMMSS+0000`.
+pub fn format_ts(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.format("%Y%m%d%H%M%S+0000").to_string()
+}
+
 /// Does this MSH-18 value name ISO 8859-1?
-fn is_latin1(charset: Option<&str>) -> bool {
+pub fn is_latin1(charset: Option<&str>) -> bool {
     charset.map(|c| c.trim().to_ascii_uppercase()).is_some_and(|c| c.starts_with("8859/1") || c == "ISO-8859-1" || c == "LATIN1")
 }
 
@@ -231,6 +274,14 @@ impl Message {
         (!v.trim().is_empty() && v != "\"\"").then_some(v)
     }
 
+    /// The unescaped subcomponents of repetition 1, `component` of a field.
+    pub fn subcomponents_in(&self, seg: &Segment, field: usize, component: usize) -> Vec<String> {
+        let s = &self.separators;
+        let Some(rep) = seg.fields.get(field).and_then(|raw| raw.split(s.repetition).next()) else { return Vec::new() };
+        let Some(comp) = component.checked_sub(1).and_then(|c| rep.split(s.component).nth(c)) else { return Vec::new() };
+        comp.split(s.subcomponent).map(|v| s.unescape(v)).collect()
+    }
+
     /// Every repetition of a field's component, unescaped.
     pub fn repetitions_in(&self, seg: &Segment, field: usize, component: usize) -> Vec<String> {
         let Some(raw) = seg.fields.get(field) else { return Vec::new() };
@@ -295,6 +346,23 @@ PID|1||P-12345^^^GENHOSP^MR||M\\S\\ller^J\\T\\rgen||19700101|M\r\
 ORC|NW|PL-1|FL-1||SC\r\
 OBR|1|PL-1|FL-1|CTCHEST^CT Chest\\F\\Thorax^L|||20240105101000|||||||||DR1^Who^Doc||ACC-77|RP-1|||||CT\r\
 ZDS|1.2.840.113619.2.55.3.604688119.969.1268071029.320^RIS^Application^DICOM\r";
+
+    #[test]
+    fn timestamps_take_any_precision_and_an_offset() {
+        let utc = chrono::FixedOffset::east_opt(0).unwrap();
+        let plus2 = chrono::FixedOffset::east_opt(7200).unwrap();
+        let t = |s: &str, o| parse_ts(s, o).map(|t| t.to_rfc3339());
+        assert_eq!(t("20261205103000", utc).as_deref(), Some("2026-12-05T10:30:00+00:00"));
+        assert_eq!(t("20261205103000", plus2).as_deref(), Some("2026-12-05T08:30:00+00:00"));
+        assert_eq!(t("202612051030-0500", plus2).as_deref(), Some("2026-12-05T15:30:00+00:00"));
+        assert_eq!(t("20261205", utc).as_deref(), Some("2026-12-05T00:00:00+00:00"));
+        assert_eq!(t("2026", utc).as_deref(), Some("2026-01-01T00:00:00+00:00"));
+        assert_eq!(t("20261205103000.25", utc).as_deref(), Some("2026-12-05T10:30:00.250+00:00"));
+        for bad in ["", "2026120", "20261305", "20261205250000", "20261205+05", "abc", "20261205103000.1234567"] {
+            assert_eq!(t(bad, utc), None, "{bad}");
+        }
+        assert_eq!(format_ts(parse_ts("20261205103000", utc).unwrap()), "20261205103000+0000");
+    }
 
     #[test]
     fn fields_components_and_escapes_use_the_declared_separators() {
