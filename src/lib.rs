@@ -38,6 +38,8 @@ use crate::reports::{ReportStore, SqlReportStore};
 use crate::orders::{OrderStore, SqlOrderStore};
 use crate::interop::import::store::SqlImportStore;
 use crate::interop::import::{ImportService, ImportSettings};
+use crate::interop::hl7::store::SqlHl7Store;
+use crate::interop::hl7::{Hl7Service, Hl7Settings};
 
 /// Everything a request handler may need. Cheap to clone.
 #[derive(Clone)]
@@ -50,6 +52,7 @@ pub struct AppState {
     pub orders: Arc<dyn OrderStore>,
     pub sync: Arc<SyncService>,
     pub imports: Arc<ImportService>,
+    pub hl7: Arc<Hl7Service>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -62,6 +65,7 @@ impl HasTokenKeys for AppState {
 /// A built application: database migrated, secrets sealed, listener bound.
 pub struct Application {
     listener: TcpListener,
+    mllp: Option<TcpListener>,
     state: AppState,
 }
 
@@ -108,7 +112,16 @@ impl AppState {
             SyncSettings::from_config(config)?,
             metrics.clone(),
         ));
-        Ok(AppState { pacs, studies, reports, orders, sync, imports, db, token_keys, metrics })
+        let hl7 = Arc::new(Hl7Service::new(
+            Arc::new(SqlHl7Store::new(db.clone())),
+            orders.clone(),
+            reports.clone(),
+            studies.clone(),
+            db.clone(),
+            Hl7Settings::from_config(config)?,
+            metrics.clone(),
+        ));
+        Ok(AppState { hl7, pacs, studies, reports, orders, sync, imports, db, token_keys, metrics })
     }
 }
 
@@ -119,11 +132,20 @@ impl Application {
         let listener = TcpListener::bind(&config.http_addr)
             .await
             .with_context(|| format!("binding the HTTP listener on {}", config.http_addr))?;
-        Ok(Self { listener, state })
+        let mllp = match config.mllp_addr.trim() {
+            "" => None,
+            addr => Some(TcpListener::bind(addr).await.with_context(|| format!("binding the MLLP listener on {addr}"))?),
+        };
+        Ok(Self { listener, mllp, state })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// Where the MLLP listener accepts HL7 (none when `mllp_addr` is empty).
+    pub fn mllp_addr(&self) -> Option<SocketAddr> {
+        self.mllp.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     pub fn state(&self) -> &AppState {
@@ -135,15 +157,20 @@ impl Application {
         let db = self.state.db.clone();
         let sync = self.state.sync.clone();
         let imports = self.state.imports.clone();
+        let hl7 = self.state.hl7.clone();
+        let mllp_addr = self.mllp_addr();
         let mut workers = if sync.settings().enabled { sync.spawn_workers() } else { Vec::new() };
         let sync_workers = workers.len();
         workers.extend(imports.spawn_workers());
-        tracing::info!(addr = %self.local_addr(), database = db.backend(), sync_workers, import_workers = imports.settings().workers, "radiology service listening");
+        let http_addr = self.local_addr();
+        workers.extend(hl7.spawn(self.mllp));
+        tracing::info!(addr = %http_addr, mllp = ?mllp_addr, database = db.backend(), sync_workers, import_workers = imports.settings().workers, "radiology service listening");
         let served = http::serve(self.listener, self.state, shutdown).await;
         // Running syncs and imports checkpoint and release their leases at the next
         // window or batch.
         sync.stop();
         imports.stop();
+        hl7.stop();
         for worker in workers {
             if tokio::time::timeout(std::time::Duration::from_secs(30), worker).await.is_err() {
                 tracing::warn!("a background worker did not stop within 30 s");

@@ -94,7 +94,6 @@ CREATE INDEX orders_tenant_accession ON orders (tenant_id, accession_number);
 CREATE INDEX orders_tenant_study_uid ON orders (tenant_id, study_uid);
 CREATE INDEX orders_tenant_patient ON orders (tenant_id, patient_id);
 CREATE INDEX orders_tenant_filler ON orders (tenant_id, filler_number);
-CREATE INDEX imaging_studies_tenant_accession ON imaging_studies (tenant_id, accession_number);
 
 CREATE TABLE order_versions (
     tenant_id   BLOB NOT NULL,

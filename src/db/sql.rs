@@ -20,6 +20,8 @@ pub enum Arg {
     OptUuid(Option<Uuid>),
     OptTime(Option<DateTime<Utc>>),
     OptInt32(Option<i32>),
+    Bytes(Vec<u8>),
+    OptBytes(Option<Vec<u8>>),
 }
 
 #[derive(Debug, Default, Clone)]
@@ -63,6 +65,8 @@ macro_rules! bind_args {
                 $crate::db::sql::Arg::OptInt32(v) => q.bind(*v),
                 $crate::db::sql::Arg::Json(v) => q.bind(sqlx::types::Json(v.clone())),
                 $crate::db::sql::Arg::JsonText(v) => q.bind(v.clone()),
+                $crate::db::sql::Arg::Bytes(v) => q.bind(v.clone()),
+                $crate::db::sql::Arg::OptBytes(v) => q.bind(v.clone()),
             };
         }
         q
@@ -159,7 +163,15 @@ impl Arg {
             Arg::Bool(v) => out.push_str(if *v { "true" } else { "false" }),
             Arg::Json(v) => out.push_str(&v.to_string()),
             Arg::JsonText(v) => out.push_str(v),
-            Arg::OptText(None) | Arg::OptUuid(None) | Arg::OptTime(None) | Arg::OptInt32(None) => out.push_str("null"),
+            // bytea's hex input form
+            Arg::Bytes(v) | Arg::OptBytes(Some(v)) => {
+                out.push_str("\"\\\\x");
+                for b in v {
+                    out.push_str(&format!("{b:02x}"));
+                }
+                out.push('"');
+            }
+            Arg::OptText(None) | Arg::OptUuid(None) | Arg::OptTime(None) | Arg::OptInt32(None) | Arg::OptBytes(None) => out.push_str("null"),
         }
     }
 }

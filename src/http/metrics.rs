@@ -25,6 +25,8 @@ pub struct Metrics {
     sync_studies: Mutex<BTreeMap<&'static str, u64>>,
     import_jobs: Mutex<BTreeMap<&'static str, u64>>,
     import_resources: Mutex<BTreeMap<(String, &'static str), u64>>,
+    hl7_messages: Mutex<BTreeMap<(String, String), u64>>,
+    hl7_outbound: Mutex<BTreeMap<String, u64>>,
 }
 
 fn escape(label: &str) -> String {
@@ -71,6 +73,22 @@ impl Metrics {
         }
     }
 
+    /// Counts one inbound HL7 message by type (ORM^O01, …) and outcome (processed,
+    /// error, rejected, conflict, duplicate).
+    pub fn observe_hl7_message(&self, message_type: Option<&str>, status: &str) {
+        let kind = match message_type {
+            Some(t @ ("ORM^O01" | "OMI^O23" | "ORU^R01")) => t,
+            Some(_) => "other",
+            None => "unreadable",
+        };
+        *self.hl7_messages.lock().unwrap().entry((kind.to_string(), status.to_string())).or_default() += 1;
+    }
+
+    /// Counts one outbound delivery attempt by outcome (acked, nak, failed, retry).
+    pub fn observe_hl7_outbound(&self, outcome: &str) {
+        *self.hl7_outbound.lock().unwrap().entry(outcome.to_string()).or_default() += 1;
+    }
+
     pub fn render(&self, db: &Db) -> String {
         let mut out = String::new();
         out.push_str("# HELP radiology_http_requests_total HTTP requests by method, route and status.\n");
@@ -113,6 +131,16 @@ impl Metrics {
         out.push_str("# TYPE radiology_import_resources_total counter\n");
         for ((kind, outcome), n) in self.import_resources.lock().unwrap().iter() {
             let _ = writeln!(out, "radiology_import_resources_total{{type=\"{}\",outcome=\"{outcome}\"}} {n}", escape(kind));
+        }
+        out.push_str("# HELP radiology_hl7_messages_total Inbound HL7 v2 messages by type and outcome.\n");
+        out.push_str("# TYPE radiology_hl7_messages_total counter\n");
+        for ((kind, status), n) in self.hl7_messages.lock().unwrap().iter() {
+            let _ = writeln!(out, "radiology_hl7_messages_total{{type=\"{}\",status=\"{}\"}} {n}", escape(kind), escape(status));
+        }
+        out.push_str("# HELP radiology_hl7_outbound_attempts_total Outbound HL7 deliveries by outcome.\n");
+        out.push_str("# TYPE radiology_hl7_outbound_attempts_total counter\n");
+        for (outcome, n) in self.hl7_outbound.lock().unwrap().iter() {
+            let _ = writeln!(out, "radiology_hl7_outbound_attempts_total{{outcome=\"{}\"}} {n}", escape(outcome));
         }
         let (size, idle, max) = db.pool_stats();
         let backend = db.backend();

@@ -32,6 +32,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::studies::sync::routes::router())
         .merge(crate::reports::routes::router())
         .merge(crate::orders::routes::router())
+        .merge(crate::interop::hl7::routes::router())
         .merge(crate::interop::fhir::router())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), observe))

@@ -151,10 +151,17 @@ pub fn service_request(s: &OrderState) -> Value {
         r.insert("requester".into(), Value::Object(requester));
     }
     if let Some(reason) = &s.reason {
-        r.insert("reasonCode".into(), json!([{"text": reason}]));
+        r.insert("reasonCode".into(), json!([codeable(reason)]));
+    }
+    let mut notes = Vec::new();
+    if let Some(info) = &s.clinical_info {
+        notes.push(json!({"text": format!("Clinical information: {info}")}));
     }
     if let Some(id) = &s.requested_procedure_id {
-        r.insert("note".into(), json!([{"text": format!("Requested procedure ID: {id}")}]));
+        notes.push(json!({"text": format!("Requested procedure ID: {id}")}));
+    }
+    if !notes.is_empty() {
+        r.insert("note".into(), Value::Array(notes));
     }
     Value::Object(r)
 }

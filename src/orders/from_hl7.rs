@@ -16,7 +16,7 @@
 //! | scheduled | TQ1-7, else OBR-36, else ORC-7/OBR-27 component 4 |
 //! | ordering provider | ORC-12, else OBR-16 (XCN: id^family^given) |
 //! | Study Instance UID | IPC-3, else ZDS-1 |
-//! | reason | OBR-31, else OBR-13 |
+//! | reason / clinical information | OBR-31 / OBR-13 |
 
 use chrono::FixedOffset;
 
@@ -165,7 +165,8 @@ pub fn orders(m: &Message, offset: FixedOffset) -> Result<Vec<OrderUpsert>, AckE
             scheduled_at,
             authored_at: ts(orc, 9, 1, "ORC-9 (date/time of transaction)")?,
             study_uid,
-            reason: m.value_in(obr, 31, 2).or_else(|| m.value_in(obr, 31, 1)).or_else(|| m.value_in(obr, 13, 1)),
+            reason: code(m, obr, 31),
+            clinical_info: m.value_in(obr, 13, 1),
             facility_id: None,
         });
     }
@@ -205,7 +206,7 @@ ZDS|1.2.3.4.5^RIS^Application^DICOM\r";
         assert_eq!(o.scheduled_at.unwrap().to_rfc3339(), "2026-12-06T09:00:00+00:00");
         assert_eq!(o.ordering_provider.as_ref().unwrap().name.as_deref(), Some("Greg House"));
         assert_eq!(o.study_uid.as_deref(), Some("1.2.3.4.5"));
-        assert_eq!(o.reason.as_deref(), Some("Cough|fever"));
+        assert_eq!(o.clinical_info.as_deref(), Some("Cough|fever"));
         let s = o.apply(None);
         assert_eq!(s.status, "active");
     }

@@ -53,7 +53,10 @@ pub struct OrderUpsert {
     pub scheduled_at: Option<DateTime<Utc>>,
     pub authored_at: Option<DateTime<Utc>>,
     pub study_uid: Option<String>,
-    pub reason: Option<String>,
+    /// OBR-31 (reason for study).
+    pub reason: Option<Code>,
+    /// OBR-13 (relevant clinical information).
+    pub clinical_info: Option<String>,
     pub facility_id: Option<Uuid>,
 }
 
@@ -85,7 +88,8 @@ pub struct OrderState {
     pub scheduled_at: Option<DateTime<Utc>>,
     pub authored_at: Option<DateTime<Utc>>,
     pub study_uid: Option<String>,
-    pub reason: Option<String>,
+    pub reason: Option<Code>,
+    pub clinical_info: Option<String>,
     pub facility_id: Option<Uuid>,
 }
 
@@ -114,7 +118,8 @@ impl OrderUpsert {
             ($($f:ident),*) => { $( if self.$f.is_some() { s.$f = self.$f.clone(); } )* };
         }
         take!(order_status, placer_number, placer_namespace, filler_number, filler_namespace, accession_number, patient_id, patient_name,
-              requested_procedure_id, procedure, modality, priority, ordering_provider, scheduled_at, authored_at, study_uid, reason, facility_id);
+              requested_procedure_id, procedure, modality, priority, ordering_provider, scheduled_at, authored_at, study_uid, reason, clinical_info,
+              facility_id);
         s.order_control = self.control.clone();
         let from_orc5 = self.order_status.as_deref().and_then(status_of_order_status);
         s.status = match self.control.as_str() {

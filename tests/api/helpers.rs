@@ -183,6 +183,8 @@ pub struct TestApp {
     pub other_tenant: Uuid,
     pub db: Db,
     pub state: radiology::AppState,
+    /// Where the MLLP listener takes HL7 (host:port).
+    pub mllp: String,
     keys: TokenKeys,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -226,6 +228,8 @@ impl TestApp {
             // Tests drive sync directly (`state.sync.run_until_idle()`), not in the background.
             sync_enabled: false,
             sync_lease_seconds: 2,
+            mllp_addr: "127.0.0.1:0".into(),
+            hl7_outbound_poll_ms: 100,
             ..Config::default()
         }
     }
@@ -234,6 +238,7 @@ impl TestApp {
         init_logging();
         let app = radiology::Application::build(&config).await.expect("application builds");
         let addr = app.local_addr();
+        let mllp = app.mllp_addr().map(|a| a.to_string()).unwrap_or_default();
         let db = app.state().db.clone();
         let state = app.state().clone();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -248,6 +253,7 @@ impl TestApp {
             keys: TokenKeys::new(JWT_SECRET.as_bytes()),
             db,
             state,
+            mllp,
             shutdown: Some(tx),
             server: Some(server),
             _dir: None,
@@ -383,6 +389,7 @@ pub fn spawn_serve(database_url: &str, data_dir: &std::path::Path, config: &Conf
         .env("RADIOLOGY_DATABASE_URL", database_url)
         .env("RADIOLOGY_DATA_DIR", data_dir)
         .env("RADIOLOGY_HTTP_ADDR", "127.0.0.1:0")
+        .env("RADIOLOGY_MLLP_ADDR", "")
         .env("RADIOLOGY_JWT_SECRET", JWT_SECRET)
         .env("RADIOLOGY_SECRET_KEY", config.secret_key.as_ref().expect("tests set a secret key").expose())
         .env("RUST_LOG", "warn");
@@ -390,4 +397,107 @@ pub fn spawn_serve(database_url: &str, data_dir: &std::path::Path, config: &Conf
         command.env(k, v);
     }
     command.spawn().expect("radiology serve starts")
+}
+
+// ---- HL7 v2 peers (python-hl7, from scripts/test) ------------------------------------
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A fixture of tests/hl7 (bytes as written).
+pub fn hl7_fixture(name: &str) -> Vec<u8> {
+    std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hl7").join(name)).expect("fixture")
+}
+
+/// Sends a file with python-hl7's `mllp_send --loose` to the MLLP address; returns the
+/// ACK text it printed (frame bytes stripped). `None` when python-hl7 is not there.
+pub fn mllp_send_file(mllp: &str, path: &std::path::Path) -> Option<String> {
+    let bin = peer_env("RADIOLOGY_TEST_MLLP_SEND", "python-hl7's mllp_send")?;
+    let (host, port) = mllp.rsplit_once(':').unwrap();
+    let mut child = std::process::Command::new(bin)
+        .args(["--loose", "-f"])
+        .arg(path)
+        .args(["-p", port, host])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("mllp_send starts");
+    // mllp_send has no timeout of its own.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("mllp_send did not finish within 30 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "mllp_send failed: {}", String::from_utf8_lossy(&out.stderr));
+    Some(String::from_utf8_lossy(&out.stdout).replace(['\x0b', '\x1c'], "").trim().to_string())
+}
+
+/// Sends a fixture with `mllp_send` (async wrapper).
+pub async fn mllp_send(mllp: &str, fixture: &str) -> Option<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hl7").join(fixture);
+    let mllp = mllp.to_string();
+    tokio::task::spawn_blocking(move || mllp_send_file(&mllp, &path)).await.unwrap()
+}
+
+/// A field of an ACK as text: (segment, field, component), HL7 numbering.
+pub fn ack_field(ack: &str, segment: &str, field: usize, component: usize) -> Option<String> {
+    let line = ack.split(['\r', '\n']).find(|l| l.starts_with(segment))?;
+    let mut fields: Vec<&str> = line.split('|').collect();
+    if segment == "MSH" {
+        fields.insert(1, "|");
+    }
+    let value = fields.get(field)?.split('~').next()?.split('^').nth(component - 1)?;
+    (!value.is_empty()).then(|| value.to_string())
+}
+
+/// The receiving RIS (tests/hl7_ris.py on python-hl7's asyncio MLLP server).
+pub struct Ris {
+    child: std::process::Child,
+    pub port: u16,
+    pub record: std::path::PathBuf,
+}
+
+impl Ris {
+    /// Starts it on `port` (0 = any); `nak_first` messages are answered AE.
+    pub fn start(port: u16, nak_first: u32, record: &std::path::Path) -> Option<Self> {
+        let python = peer_env("RADIOLOGY_TEST_HL7_PYTHON", "python-hl7 (the RIS peer)")?;
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hl7_ris.py");
+        let mut child = std::process::Command::new(python)
+            .arg(script)
+            .args(["--port", &port.to_string(), "--nak-first", &nak_first.to_string(), "--record"])
+            .arg(record)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("the RIS starts");
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut line).unwrap();
+        let port = line.trim().strip_prefix("LISTENING ").and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("RIS said {line:?}"));
+        Some(Ris { child, port, record: record.to_path_buf() })
+    }
+
+    /// What it received, in order: (control id, message type, raw text, how it answered).
+    pub fn received(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.record)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for Ris {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -5,6 +5,7 @@ mod connectivity;
 mod faults;
 mod fhir;
 mod helpers;
+mod hl7;
 mod import;
 mod legacy_migration;
 mod ops;

@@ -10,6 +10,10 @@ pub enum AckCode {
     AA,
     AE,
     AR,
+    /// Enhanced mode (MSH-15): commit accept, error, reject.
+    CA,
+    CE,
+    CR,
 }
 
 impl AckCode {
@@ -18,6 +22,18 @@ impl AckCode {
             AckCode::AA => "AA",
             AckCode::AE => "AE",
             AckCode::AR => "AR",
+            AckCode::CA => "CA",
+            AckCode::CE => "CE",
+            AckCode::CR => "CR",
+        }
+    }
+
+    /// The enhanced-mode (commit) code of the same meaning.
+    pub fn commit(self) -> Self {
+        match self {
+            AckCode::AA | AckCode::CA => AckCode::CA,
+            AckCode::AE | AckCode::CE => AckCode::CE,
+            AckCode::AR | AckCode::CR => AckCode::CR,
         }
     }
 }

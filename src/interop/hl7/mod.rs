@@ -1,9 +1,141 @@
-//! HL7 v2 over MLLP: framing ([`mllp`]), messages with their separators, escapes and
-//! character sets ([`message`]), and acknowledgements ([`ack`]).
+//! HL7 v2 over MLLP with the RIS.
 //!
-//! These are the protocol pieces the RIS connectors build on (the listener, the message
-//! log, orders from ORM/OMI, reports from ORU and the outbound outbox come next).
+//! - Protocol: framing ([`mllp`]), messages with their separators, escapes and
+//!   character sets ([`message`]), acknowledgements ([`ack`]).
+//! - [`connectors`]: inbound senders (MSH-3/MSH-4 → tenant) and outbound destinations.
+//! - [`listener`]: the MLLP server inside `radiology serve`.
+//! - [`inbound`]: parse, route, decide, store durably (group commit), then ACK;
+//!   duplicates answered with the stored ACK.
+//! - [`outbound`]: the outbox worker (ORM^O01 SC on `study_available`, ORU^R01 on
+//!   `report_final`), ordered per destination, retried, ACKs matched by MSA-2.
+//! - [`roundtrip`]: the ORM → study → ORU chain check before the parallel run.
+//! - [`routes`]: `/v1/radiology/hl7-connectors` and `/v1/radiology/hl7-messages`.
 
 pub mod ack;
+pub mod connectors;
+pub mod inbound;
+pub mod listener;
 pub mod message;
 pub mod mllp;
+pub mod outbound;
+pub mod roundtrip;
+pub mod routes;
+pub mod store;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::FixedOffset;
+use tokio::sync::{mpsc, watch, RwLock};
+
+use crate::config::Config;
+use crate::db::Db;
+use crate::http::metrics::Metrics;
+use crate::orders::OrderStore;
+use crate::reports::ReportStore;
+use crate::studies::StudyStore;
+use connectors::ConnectorRow;
+use inbound::Job;
+use store::Hl7Store;
+
+/// Completes once `stop` says true.
+pub async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+#[derive(Debug, Clone)]
+pub struct Hl7Settings {
+    pub max_message_bytes: usize,
+    pub idle_timeout: std::time::Duration,
+    pub batch_max: usize,
+    pub default_offset: FixedOffset,
+    pub outbound_enabled: bool,
+    pub outbound_poll: std::time::Duration,
+    pub outbound_lease: chrono::Duration,
+}
+
+impl Hl7Settings {
+    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+        Ok(Self {
+            max_message_bytes: config.mllp_max_message_bytes.max(1024) as usize,
+            idle_timeout: std::time::Duration::from_secs(config.mllp_idle_timeout_seconds.max(1) as u64),
+            batch_max: config.mllp_batch_max.clamp(1, 1000) as usize,
+            default_offset: inbound::parse_offset(&config.hl7_default_utc_offset)?,
+            outbound_enabled: config.hl7_outbound_enabled,
+            outbound_poll: std::time::Duration::from_millis(config.hl7_outbound_poll_ms.max(10) as u64),
+            outbound_lease: chrono::Duration::seconds(config.hl7_outbound_lease_seconds.max(2) as i64),
+        })
+    }
+}
+
+/// The HL7 use cases shared by the MLLP listener, the REST routes and the workers.
+pub struct Hl7Service {
+    pub store: Arc<dyn Hl7Store>,
+    pub orders: Arc<dyn OrderStore>,
+    pub reports: Arc<dyn ReportStore>,
+    pub studies: Arc<dyn StudyStore>,
+    pub db: Db,
+    pub settings: Hl7Settings,
+    pub metrics: Arc<Metrics>,
+    /// (loaded at, (sending application, sending facility) → inbound connector)
+    routes: RwLock<(Option<std::time::Instant>, HashMap<(String, String), ConnectorRow>)>,
+    writer: mpsc::Sender<Job>,
+    writer_rx: std::sync::Mutex<Option<mpsc::Receiver<Job>>>,
+    stop: watch::Sender<bool>,
+    /// Who holds outbound leases: this process.
+    owner: String,
+}
+
+impl Hl7Service {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: Arc<dyn Hl7Store>,
+        orders: Arc<dyn OrderStore>,
+        reports: Arc<dyn ReportStore>,
+        studies: Arc<dyn StudyStore>,
+        db: Db,
+        settings: Hl7Settings,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let (writer, rx) = mpsc::channel(4096);
+        let (stop, _) = watch::channel(false);
+        Self {
+            store,
+            orders,
+            reports,
+            studies,
+            db,
+            settings,
+            metrics,
+            routes: RwLock::new((None, HashMap::new())),
+            writer,
+            writer_rx: std::sync::Mutex::new(Some(rx)),
+            stop,
+            owner: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
+        }
+    }
+
+    /// Starts the writer and (when enabled) the outbox worker; `listener` serves MLLP.
+    pub fn spawn(self: &Arc<Self>, listener: Option<tokio::net::TcpListener>) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        if let Some(rx) = self.writer_rx.lock().expect("lock").take() {
+            tasks.push(self.spawn_writer(rx));
+        }
+        if let Some(l) = listener {
+            tasks.push(tokio::spawn(listener::serve(l, self.clone(), self.stop.subscribe())));
+        }
+        if self.settings.outbound_enabled {
+            tasks.push(tokio::spawn(outbound::run(self.clone(), self.stop.subscribe())));
+        }
+        tasks
+    }
+
+    /// Stops accepting connections and delivering; in-flight messages finish.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+}

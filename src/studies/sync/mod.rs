@@ -636,8 +636,17 @@ impl SyncService {
         if upserts.is_empty() {
             return Ok(counts);
         }
+        // A study that is (now) available is announced to subscribed HL7 destinations,
+        // queued in the same transaction as the study.
+        let announce = |outcomes: &[crate::db::sql::UpsertOutcome]| {
+            let changed: Vec<uuid::Uuid> =
+                outcomes.iter().filter(|o| !matches!(o, crate::db::sql::UpsertOutcome::Unchanged(_))).map(|o| o.id()).collect();
+            crate::interop::hl7::store::enqueue_event(tenant, "study_available", "ImagingStudy", "imaging_studies", &changed, true, "AND r.status = 'available'")
+                .into_iter()
+                .collect()
+        };
         self.studies
-            .upsert_many(tenant, &upserts)
+            .upsert_batch(tenant, &upserts, Some(crate::db::sql::AfterWrite { followups: &announce, gate: None }))
             .await
             .map_err(|e| RunError::Failed(format!("storing studies: {e}")))?;
         Ok(counts)
