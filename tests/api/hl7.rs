@@ -473,7 +473,6 @@ async fn the_round_trip_check_shows_each_chain_and_names_the_broken_links() {
     }
     orthanc.add_series(&uid_a, &patient, &acc_a, &chrono::Utc::now().format("%Y%m%d").to_string(), "101500", "CR", "CHEST").await;
     let endpoint = app.create_endpoint(&endpoint_body("orthanc", &orthanc.dicomweb_url(), &orthanc.user, &orthanc.password)).await;
-    let _ = endpoint;
     app.state.sync.run_until_idle().await.unwrap();
     let oru = format!(
         "MSH|^~\\&|RIS|GENERAL_HOSP|RADIOLOGY|PLATFORM|20261205153000||ORU^R01|RT-ORU-A|P|2.3.1\r\
@@ -533,4 +532,20 @@ OBX|1|TX|19005-8^Impression^LN|1|IMPRESSION: Normal.||||||F\r"
     assert_eq!(test_order["ack_code"], "AA");
     let got = ris.received();
     assert!(got.iter().any(|m| m["control_id"] == test_order["control_id"] && m["raw"].as_str().unwrap().contains("ROUNDTRIP^TEST")), "{got:?}");
+
+    // study_available: a study that arrives by sync is announced as ORM^O01, ORC-1 SC.
+    let uid_c = format!("2.25.{}", Uuid::new_v4().as_u128());
+    orthanc.add_series(&uid_c, &patient, "RTC-1", &chrono::Utc::now().format("%Y%m%d").to_string(), "111500", "CT", "CT HEAD").await;
+    app.state.sync.run_until_idle().await.unwrap();
+    let r = app.post(&format!("/v1/radiology/pacs-endpoints/{}/sync", endpoint["id"].as_str().unwrap()), &app.admin(), &json!({})).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    app.state.sync.run_until_idle().await.unwrap();
+    wait_for("the study_available ORM", Duration::from_secs(20), async || {
+        ris.received().iter().any(|m| m["raw"].as_str().unwrap().contains(&uid_c))
+    })
+    .await;
+    let announced = ris.received().into_iter().find(|m| m["raw"].as_str().unwrap().contains(&uid_c)).unwrap();
+    let raw = announced["raw"].as_str().unwrap();
+    assert!(announced["type"].as_str().unwrap().starts_with("ORM^O01"), "{announced}");
+    assert!(raw.contains("\rORC|SC|") && raw.contains("|RTC-1|"), "{raw}");
 }

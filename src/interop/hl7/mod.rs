@@ -68,6 +68,9 @@ impl Hl7Settings {
     }
 }
 
+/// The listener's routing: (loaded at, (sending application, sending facility) → inbound connector).
+type Routes = (Option<std::time::Instant>, HashMap<(String, String), ConnectorRow>);
+
 /// The HL7 use cases shared by the MLLP listener, the REST routes and the workers.
 pub struct Hl7Service {
     pub store: Arc<dyn Hl7Store>,
@@ -77,8 +80,7 @@ pub struct Hl7Service {
     pub db: Db,
     pub settings: Hl7Settings,
     pub metrics: Arc<Metrics>,
-    /// (loaded at, (sending application, sending facility) → inbound connector)
-    routes: RwLock<(Option<std::time::Instant>, HashMap<(String, String), ConnectorRow>)>,
+    routes: RwLock<Routes>,
     writer: mpsc::Sender<Job>,
     writer_rx: std::sync::Mutex<Option<mpsc::Receiver<Job>>>,
     stop: watch::Sender<bool>,

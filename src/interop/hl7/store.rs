@@ -261,7 +261,7 @@ impl Hl7Store for SqlHl7Store {
         let sql = format!("INSERT INTO hl7_connectors ({CONNECTOR_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)");
         let result = on_db!(&self.db, pool => sqlx::query(&sql)
             .bind(row.id).bind(row.tenant_id).bind(&row.direction).bind(&row.name).bind(&row.sending_application).bind(&row.sending_facility)
-            .bind(row.facility_id).bind(&row.host).bind(row.port).bind(row.ack_timeout_ms).bind(&row.retry).bind(&row.tls).bind(&row.events)
+            .bind(row.facility_id).bind(&row.host).bind(row.port).bind(row.ack_timeout_ms).bind(row.retry).bind(&row.tls).bind(&row.events)
             .bind(row.active).bind(row.created_at).bind(row.updated_at)
             .execute(pool).await.map(|r| r.rows_affected()));
         match result {
@@ -278,7 +278,7 @@ impl Hl7Store for SqlHl7Store {
                    ack_timeout_ms = $9, retry = $10, tls = $11, events = $12, active = $13, updated_at = $14 WHERE tenant_id = $1 AND id = $2";
         let result = on_db!(&self.db, pool => sqlx::query(sql)
             .bind(row.tenant_id).bind(row.id).bind(&row.name).bind(&row.sending_application).bind(&row.sending_facility).bind(row.facility_id)
-            .bind(&row.host).bind(row.port).bind(row.ack_timeout_ms).bind(&row.retry).bind(&row.tls).bind(&row.events).bind(row.active)
+            .bind(&row.host).bind(row.port).bind(row.ack_timeout_ms).bind(row.retry).bind(&row.tls).bind(&row.events).bind(row.active)
             .bind(row.updated_at)
             .execute(pool).await.map(|r| r.rows_affected()));
         match result {
