@@ -1,6 +1,7 @@
 //! Radiology Service: PACS DICOMweb integration, the imaging study index, and the
 //! tooling to carry a tenant through its migration. See README.md.
 #![forbid(unsafe_code)]
+#![recursion_limit = "256"]
 
 pub mod auth;
 pub mod cli;

@@ -40,6 +40,37 @@ fn paging() -> Vec<Value> {
 }
 
 pub fn document() -> Value {
+    let order_params = {
+        let mut p = vec![
+            query("patient_id", "Patient identifier (PID-3).", json!({"type": "string"})),
+            query("status", "ServiceRequest.status.", json!({"type": "string", "enum": crate::orders::STATUSES})),
+            query("identifier", "Placer, filler or accession number.", json!({"type": "string"})),
+            query("accession_number", "Accession number (OBR-18 / IPC-1).", json!({"type": "string"})),
+            query("study_instance_uid", "Study Instance UID (ZDS-1 / IPC-3).", json!({"type": "string"})),
+            query("modality", "Modality (OBR-24 / IPC-5).", json!({"type": "string"})),
+            query("scheduled_from", "Scheduled at or after (date or date-time).", json!({"type": "string"})),
+            query("scheduled_to", "Scheduled before the end of (date or date-time).", json!({"type": "string"})),
+        ];
+        p.extend(paging());
+        p
+    };
+    let connector_params = {
+        let mut p = vec![query("direction", "inbound | outbound", json!({"type": "string", "enum": ["inbound", "outbound"]}))];
+        p.extend(paging());
+        p
+    };
+    let message_params = {
+        let mut p = vec![
+            query("connector_id", "The inbound connector.", json!({"type": "string", "format": "uuid"})),
+            query("message_type", "e.g. ORM^O01, ORU^R01.", json!({"type": "string"})),
+            query("control_id", "MSH-10.", json!({"type": "string"})),
+            query("status", "processed | error | rejected | conflict", json!({"type": "string", "enum": ["processed", "error", "rejected", "conflict"]})),
+            query("received_from", "Received at or after (date or date-time).", json!({"type": "string"})),
+            query("received_to", "Received before the end of (date or date-time).", json!({"type": "string"})),
+        ];
+        p.extend(paging());
+        p
+    };
     let endpoint_params = {
         let mut p = vec![
             query("facility_id", "Only endpoints of this facility.", json!({"type": "string", "format": "uuid"})),
@@ -183,6 +214,111 @@ pub fn document() -> Value {
                     "responses": with(problem_responses(&[("404", "No such report in this tenant")]), "200",
                         json!({"description": "The report", "content": json_content("Report")}))
                 }
+            },
+            "/v1/radiology/orders": {
+                "get": {
+                    "operationId": "listOrders", "summary": "Search radiology orders (from ORM^O01 / OMI^O23; FHIR ServiceRequest)",
+                    "parameters": order_params,
+                    "responses": with(problem_responses(&[("422", "Invalid query parameter")]), "200",
+                        json!({"description": "A page of orders", "content": json_content("OrderPage")}))
+                }
+            },
+            "/v1/radiology/orders/{id}": {
+                "parameters": [id_param("Order id")],
+                "get": {
+                    "operationId": "getOrder", "summary": "Read one order, with the imaging study it led to",
+                    "responses": with(problem_responses(&[("404", "No such order in this tenant")]), "200",
+                        json!({"description": "The order", "content": json_content("Order")}))
+                }
+            },
+            "/v1/radiology/hl7-connectors": {
+                "get": {
+                    "operationId": "listHl7Connectors", "summary": "List HL7 v2 connectors",
+                    "parameters": connector_params,
+                    "responses": with(problem_responses(&[("422", "Invalid query parameter")]), "200",
+                        json!({"description": "A page of connectors", "content": json_content("Hl7ConnectorPage")}))
+                },
+                "post": {
+                    "operationId": "createHl7Connector", "summary": "Register an inbound sender (MSH-3/MSH-4 → this tenant) or an outbound destination (admin)",
+                    "requestBody": {"required": true, "content": json_content("Hl7ConnectorInput")},
+                    "responses": with(problem_responses(&[("409", "Name taken, or the sender is another connector's"), ("422", "Invalid field(s), each named")]), "201",
+                        json!({"description": "Created; Location names it", "content": json_content("Hl7Connector")}))
+                }
+            },
+            "/v1/radiology/hl7-connectors/{id}": {
+                "parameters": [id_param("Connector id")],
+                "get": {
+                    "operationId": "getHl7Connector", "summary": "Read one connector",
+                    "responses": with(problem_responses(&[("404", "No such connector in this tenant")]), "200",
+                        json!({"description": "The connector", "content": json_content("Hl7Connector")}))
+                },
+                "patch": {
+                    "operationId": "patchHl7Connector", "summary": "Change a connector (fields given replace the stored ones; direction is fixed) (admin)",
+                    "requestBody": {"required": true, "content": json_content("Hl7ConnectorInput")},
+                    "responses": with(problem_responses(&[("404", "No such connector"), ("409", "Name taken, or the sender is another connector's"), ("422", "Invalid field(s)")]), "200",
+                        json!({"description": "The connector", "content": json_content("Hl7Connector")}))
+                },
+                "delete": {
+                    "operationId": "deleteHl7Connector", "summary": "Remove a connector (its messages stay in the log) (admin)",
+                    "responses": with(problem_responses(&[("404", "No such connector")]), "204", json!({"description": "Deleted"}))
+                }
+            },
+            "/v1/radiology/hl7-connectors/{id}/outbox": {
+                "parameters": [id_param("Outbound connector id")],
+                "get": {
+                    "operationId": "listHl7Outbox", "summary": "A destination's outbound messages in delivery order, with attempts, errors and ACKs",
+                    "parameters": [
+                        query("status", "pending | acked | nak | failed", json!({"type": "string", "enum": ["pending", "acked", "nak", "failed"]})),
+                        query("after", "Only entries after this seq.", json!({"type": "integer"})),
+                        query("limit", "1–1000 (default 100).", json!({"type": "integer", "minimum": 1, "maximum": 1000}))
+                    ],
+                    "responses": with(problem_responses(&[("404", "No such connector"), ("422", "Invalid query parameter")]), "200",
+                        json!({"description": "{items: [outbox entries]}", "content": {"application/json": {"schema": {"type": "object"}}}}))
+                }
+            },
+            "/v1/radiology/hl7-connectors/{id}/round-trip": {
+                "parameters": [id_param("Connector id")],
+                "post": {
+                    "operationId": "startHl7RoundTrip",
+                    "summary": "Start the ORM/ORU round-trip check: a synthetic test order to an outbound destination (ACK verified), and the ORM → study → ORU chain of every order in a window of inbound traffic (admin)",
+                    "requestBody": {"required": false, "content": {"application/json": {"schema": {"type": "object", "properties": {
+                        "from": {"type": "string", "description": "Window start (date or date-time; default 7 days ago)"},
+                        "to": {"type": "string", "description": "Window end (default now)"},
+                        "send_test_order": {"type": "boolean", "default": true}}}}}},
+                    "responses": with(problem_responses(&[("404", "No such connector"), ("422", "Invalid field(s)")]), "202",
+                        json!({"description": "Started; Location is the run", "content": json_content("Hl7RoundTrip")}))
+                }
+            },
+            "/v1/radiology/hl7-connectors/{id}/round-trip/{run}": {
+                "parameters": [id_param("Connector id"), {"name": "run", "in": "path", "required": true, "schema": {"type": "string", "format": "uuid"}}],
+                "get": {
+                    "operationId": "getHl7RoundTrip", "summary": "A round-trip run: running, passed, failed (with every broken link named) or error",
+                    "responses": with(problem_responses(&[("404", "No such run")]), "200", json!({"description": "The run", "content": json_content("Hl7RoundTrip")}))
+                }
+            },
+            "/v1/radiology/hl7-messages": {
+                "get": {
+                    "operationId": "listHl7Messages", "summary": "The inbound HL7 message log (every message is stored before its ACK)",
+                    "parameters": message_params,
+                    "responses": with(problem_responses(&[("422", "Invalid query parameter")]), "200",
+                        json!({"description": "A page of messages", "content": json_content("Hl7MessagePage")}))
+                }
+            },
+            "/v1/radiology/hl7-messages/{id}": {
+                "parameters": [id_param("Message id")],
+                "get": {
+                    "operationId": "getHl7Message", "summary": "One message: raw (decoded per MSH-18), parsed segments, and the ACK sent",
+                    "responses": with(problem_responses(&[("404", "No such message in this tenant")]), "200",
+                        json!({"description": "The message", "content": json_content("Hl7Message")}))
+                }
+            },
+            "/v1/radiology/hl7-messages/{id}/reprocess": {
+                "parameters": [id_param("Message id")],
+                "post": {
+                    "operationId": "reprocessHl7Message", "summary": "Apply a stored message again and record the new outcome (admin)",
+                    "responses": with(problem_responses(&[("404", "No such message in this tenant")]), "200",
+                        json!({"description": "The message with its new outcome", "content": json_content("Hl7Message")}))
+                }
             }
         },
         "components": components()
@@ -264,7 +400,46 @@ fn components() -> Value {
                 "critical": {"type": "boolean"}, "order_id": {"type": ["string", "null"], "format": "uuid"},
                 "version": {"type": "integer"}, "created_at": {"type": "string", "format": "date-time"}, "updated_at": {"type": "string", "format": "date-time"},
                 "fhir": {"type": "object", "description": "The FHIR R4 DiagnosticReport (imagingStudy references resolved to our studies)"}}},
-            "ReportPage": {"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Report"}}, "next_cursor": {"type": ["string", "null"]}}}
+            "ReportPage": {"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Report"}}, "next_cursor": {"type": ["string", "null"]}}},
+            "Order": {"type": "object", "properties": {
+                "id": {"type": "string", "format": "uuid"}, "placer_number": {"type": ["string", "null"]}, "filler_number": {"type": ["string", "null"]},
+                "accession_number": {"type": ["string", "null"]}, "patient_id": {"type": ["string", "null"]},
+                "status": {"type": "string", "enum": crate::orders::STATUSES},
+                "order_control": {"type": "string", "description": "The last ORC-1 applied"}, "order_status": {"type": ["string", "null"], "description": "ORC-5 (HL7 table 0038)"},
+                "requested_procedure_id": {"type": ["string", "null"]}, "procedure_code": {"type": ["string", "null"]}, "modality": {"type": ["string", "null"]},
+                "priority": {"type": ["string", "null"], "enum": ["routine", "urgent", "asap", "stat", null]}, "ordering_provider": {"type": ["string", "null"]},
+                "scheduled_at": {"type": ["string", "null"], "format": "date-time"}, "study_instance_uid": {"type": ["string", "null"]},
+                "study": {"type": ["object", "null"], "description": "The imaging study it led to (by UID or accession), once it exists: {id, study_instance_uid, status}"},
+                "version": {"type": "integer"}, "created_at": {"type": "string", "format": "date-time"}, "updated_at": {"type": "string", "format": "date-time"},
+                "fhir": {"type": "object", "description": "The FHIR R4 ServiceRequest"}}},
+            "OrderPage": {"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Order"}}, "next_cursor": {"type": ["string", "null"]}}},
+            "Hl7ConnectorInput": {"type": "object", "required": ["direction", "name"], "description": "inbound: sending_application (MSH-3), sending_facility (MSH-4), facility_id; outbound: host, port, ack_timeout_ms, retry, events", "properties": {
+                "direction": {"type": "string", "enum": ["inbound", "outbound"]}, "name": {"type": "string", "maxLength": 200},
+                "sending_application": {"type": "string"}, "sending_facility": {"type": "string"}, "facility_id": {"type": "string", "format": "uuid"},
+                "host": {"type": "string"}, "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+                "ack_timeout_ms": {"type": "integer", "minimum": 100, "maximum": 600000, "default": 10000},
+                "retry": {"type": "object", "properties": {"initial_ms": {"type": "integer", "default": 1000}, "max_ms": {"type": "integer", "default": 60000},
+                    "max_attempts": {"type": "integer", "default": 5, "description": "For AR answers; an unreachable destination is retried for ever"}}},
+                "tls": {"type": "object", "description": "Not supported by this version (only {\"enabled\": false})"},
+                "events": {"type": "array", "items": {"type": "string", "enum": crate::interop::hl7::connectors::EVENTS}},
+                "active": {"type": "boolean", "default": true}}},
+            "Hl7Connector": {"type": "object", "description": "The input fields of its direction, with id, created_at, updated_at"},
+            "Hl7ConnectorPage": {"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Hl7Connector"}}, "next_cursor": {"type": ["string", "null"]}}},
+            "Hl7Message": {"type": "object", "properties": {
+                "id": {"type": "string", "format": "uuid"}, "connector_id": {"type": ["string", "null"], "format": "uuid"}, "peer": {"type": ["string", "null"]},
+                "message_type": {"type": ["string", "null"]}, "control_id": {"type": ["string", "null"]}, "version": {"type": ["string", "null"]},
+                "status": {"type": "string", "enum": ["processed", "error", "rejected", "conflict"]}, "ack_code": {"type": ["string", "null"]},
+                "error": {"type": ["string", "null"]}, "order_id": {"type": ["string", "null"]}, "report_id": {"type": ["string", "null"]},
+                "duplicates": {"type": "integer", "description": "Times the same message was received again (answered with the stored ACK)"},
+                "received_at": {"type": "string", "format": "date-time"}, "processed_at": {"type": "string", "format": "date-time"},
+                "raw": {"type": "string", "description": "Single message only"}, "parsed": {"type": "object", "description": "Single message only"},
+                "ack": {"type": ["string", "null"], "description": "Single message only"}}},
+            "Hl7MessagePage": {"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Hl7Message"}}, "next_cursor": {"type": ["string", "null"]}}},
+            "Hl7RoundTrip": {"type": "object", "properties": {
+                "id": {"type": "string", "format": "uuid"}, "connector_id": {"type": "string", "format": "uuid"},
+                "status": {"type": "string", "enum": ["running", "passed", "failed", "error"]},
+                "window": {"type": "object"}, "created_at": {"type": "string"}, "finished_at": {"type": ["string", "null"]},
+                "result": {"type": ["object", "null"], "description": "test_order {control_id, ack_code, accepted, round_trip_ms}; orders {total, complete, broken, chains: [{…, broken_links: [text]}]}; message_problems; ok"}}}
         }
     })
 }

@@ -46,7 +46,7 @@ async fn openapi_describes_every_v1_route() {
     let mut operations = 0;
     for (path, item) in paths {
         assert!(path.starts_with("/v1/"), "{path}");
-        let concrete = path.replace("{id}", "00000000-0000-0000-0000-000000000000");
+        let concrete = path.replace("{id}", "00000000-0000-0000-0000-000000000000").replace("{run}", "00000000-0000-0000-0000-000000000000");
         for m in ["get", "post", "patch", "delete", "put"] {
             if item.get(m).is_none() {
                 continue;
@@ -66,12 +66,22 @@ async fn openapi_describes_every_v1_route() {
         ("/v1/radiology/imaging-studies/{id}", &["get"][..]),
         ("/v1/radiology/reports", &["get"][..]),
         ("/v1/radiology/reports/{id}", &["get"][..]),
+        ("/v1/radiology/orders", &["get"][..]),
+        ("/v1/radiology/orders/{id}", &["get"][..]),
+        ("/v1/radiology/hl7-connectors", &["get", "post"][..]),
+        ("/v1/radiology/hl7-connectors/{id}", &["get", "patch", "delete"][..]),
+        ("/v1/radiology/hl7-connectors/{id}/outbox", &["get"][..]),
+        ("/v1/radiology/hl7-connectors/{id}/round-trip", &["post"][..]),
+        ("/v1/radiology/hl7-connectors/{id}/round-trip/{run}", &["get"][..]),
+        ("/v1/radiology/hl7-messages", &["get"][..]),
+        ("/v1/radiology/hl7-messages/{id}", &["get"][..]),
+        ("/v1/radiology/hl7-messages/{id}/reprocess", &["post"][..]),
     ] {
         for m in methods {
             assert!(paths[path].get(*m).is_some(), "{m} {path} undocumented");
         }
     }
-    assert_eq!(operations, 12);
+    assert_eq!(operations, 25);
 }
 
 #[tokio::test]

@@ -422,10 +422,7 @@ impl radiology::studies::StudyStore for FailingBatch {
         t: radiology::auth::TenantId,
         s: &[radiology::studies::store::StudyUpsert],
     ) -> radiology::db::error::StoreResult<Vec<radiology::studies::store::UpsertOutcome>> {
-        if !s.is_empty() && self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == self.fail_at {
-            return Err(radiology::db::StoreError::Other(anyhow::anyhow!("injected database failure")));
-        }
-        self.inner.upsert_many(t, s).await
+        self.upsert_batch(t, s, None).await
     }
     async fn upsert_batch(
         &self,
@@ -433,6 +430,9 @@ impl radiology::studies::StudyStore for FailingBatch {
         s: &[radiology::studies::store::StudyUpsert],
         after: Option<radiology::db::sql::AfterWrite<'_>>,
     ) -> radiology::db::error::StoreResult<Vec<radiology::studies::store::UpsertOutcome>> {
+        if !s.is_empty() && self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == self.fail_at {
+            return Err(radiology::db::StoreError::Other(anyhow::anyhow!("injected database failure")));
+        }
         self.inner.upsert_batch(t, s, after).await
     }
     async fn count_changes_since(&self, t: radiology::auth::TenantId, e: Uuid, since: chrono::DateTime<Utc>) -> radiology::db::error::StoreResult<(i64, i64)> {
