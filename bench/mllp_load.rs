@@ -133,7 +133,7 @@ struct Tally {
 }
 
 /// Sends messages `range` on `conn`, one at a time.
-async fn send_range(conn: &mut Option<Conn>, args: &Args, k: usize, range: std::ops::Range<u64>, tally: &mut Tally, timed: bool) {
+async fn send_range(conn: &mut Option<Conn>, k: usize, range: std::ops::Range<u64>, tally: &mut Tally, timed: bool) {
     for n in range {
         let ts = chrono::Utc::now().format("%Y%m%d%H%M%S").to_string();
         let (control_id, frame) = orm(n, &ts);
@@ -211,10 +211,10 @@ async fn main() -> anyhow::Result<()> {
                 }
             };
             let warm_range = split(args.first, args.warmup, args.connections, k);
-            send_range(&mut conn, &args, k, warm_range, &mut warm, false).await;
+            send_range(&mut conn, k, warm_range, &mut warm, false).await;
             ready.wait().await;
             let timed_range = split(args.first + args.warmup, args.messages, args.connections, k);
-            send_range(&mut conn, &args, k, timed_range, &mut timed, true).await;
+            send_range(&mut conn, k, timed_range, &mut timed, true).await;
             done.wait().await;
             if let Some(mut c) = conn {
                 let _ = c.stream.shutdown().await;

@@ -119,6 +119,7 @@ CREATE TABLE hl7_outbox (
     control_id       text,
     message          bytea,
     attempts         integer NOT NULL DEFAULT 0,
+    rejections       integer NOT NULL DEFAULT 0,
     next_attempt_at  timestamptz NOT NULL,
     last_error       text,
     ack_code         text,

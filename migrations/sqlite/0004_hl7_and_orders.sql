@@ -120,6 +120,7 @@ CREATE TABLE hl7_outbox (
     control_id       TEXT,
     message          BLOB,
     attempts         INTEGER NOT NULL DEFAULT 0,
+    rejections       INTEGER NOT NULL DEFAULT 0,
     next_attempt_at  TEXT NOT NULL,
     last_error       TEXT,
     ack_code         TEXT,

@@ -105,7 +105,17 @@ impl UpsertOutcome {
 #[derive(Debug, Clone)]
 pub struct Followup {
     pub sql: SqlBuf,
-    pub fence: bool,
+    pub fence: Fence,
+}
+
+/// What a follow-up must change for its transaction to commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fence {
+    None,
+    /// At least one row (a lease that is still ours).
+    AnyRow,
+    /// Exactly this many rows (each insert new: nobody stored them first).
+    Rows(u64),
 }
 
 /// Awaited by a batch writer just before its follow-ups and COMMIT; `false` rolls the
@@ -140,7 +150,12 @@ macro_rules! run_followups {
         let mut result: Result<(), $crate::db::StoreError> = Ok(());
         for f in $followups {
             let n = $crate::bind_args!(sqlx::query(&f.sql.text), &f.sql.args).execute(&mut *$tx).await?.rows_affected();
-            if f.fence && n == 0 {
+            let fenced = match f.fence {
+                $crate::db::sql::Fence::None => false,
+                $crate::db::sql::Fence::AnyRow => n == 0,
+                $crate::db::sql::Fence::Rows(expected) => n != expected,
+            };
+            if fenced {
                 result = Err($crate::db::StoreError::Fenced);
                 break;
             }

@@ -38,6 +38,8 @@ pub struct ResultReport {
     pub accession_number: Option<String>,
     pub study_uid: Option<String>,
     pub critical: bool,
+    /// The order it was linked to ([`link_order`]).
+    pub order_id: Option<uuid::Uuid>,
 }
 
 /// Abnormal flags (HL7 table 0078) that mark a critical result.
@@ -222,6 +224,7 @@ pub fn results(m: &Message, offset: FixedOffset) -> Result<Vec<ResultReport>, Ac
             accession_number: m.value_in(obr, 18, 1),
             study_uid,
             critical,
+            order_id: None,
         });
     }
     Ok(out)
@@ -230,6 +233,7 @@ pub fn results(m: &Message, offset: FixedOffset) -> Result<Vec<ResultReport>, Ac
 /// Links a result to its order (when known): `basedOn` names the ServiceRequest and a
 /// study the ORU did not name is taken from the order.
 pub fn link_order(report: &mut ResultReport, order_id: uuid::Uuid, order_study_uid: Option<&str>) {
+    report.order_id = Some(order_id);
     let r = report.resource.as_object_mut().expect("a report is an object");
     let based_on = r.entry("basedOn").or_insert_with(|| json!([{"type": "ServiceRequest"}]));
     if let Some(first) = based_on.get_mut(0).and_then(Value::as_object_mut) {

@@ -222,6 +222,11 @@ async fn malformed_messages_get_ae_or_ar_with_an_err_segment_and_are_kept() {
     let mut client = Client::connect(&app.mllp).await;
     let ack = client.send(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
     assert_eq!(ack_field(&ack, "MSA", 1, 1).as_deref(), Some("AR"), "{ack}");
+    // A training message (MSH-11 T) does not touch production data.
+    let training = String::from_utf8(orm("TRAIN-1", "PLT1", "ACCT1", "1.2.3.98")).unwrap().replace("|P|2.3.1", "|T|2.3.1");
+    let ack = client.send(training.as_bytes()).await.unwrap();
+    assert_eq!(ack_field(&ack, "MSA", 1, 1).as_deref(), Some("AR"), "{ack}");
+    assert!(ack_field(&ack, "ERR", 1, 4).is_some_and(|c| c.starts_with("202")), "{ack}");
     // … and the connection still takes a good message after them.
     let ack = client.send(&orm("OK-1", "PLOK1", "ACCOK1", "1.2.3.99")).await.unwrap();
     assert_eq!(ack_field(&ack, "MSA", 1, 1).as_deref(), Some("AA"), "{ack}");
@@ -267,6 +272,9 @@ async fn a_resent_message_gets_the_original_ack_and_a_reused_control_id_is_flagg
     assert_eq!(again, first, "a duplicate gets the stored ACK, byte for byte");
     let o = order_by_accession(&app, "ACCD1").await;
     assert_eq!(o["version"], 1);
+    // Re-sent with a new MSH-7 (some engines stamp the time again): still the same message.
+    let restamped = String::from_utf8(orm("DUP-1", "PLD1", "ACCD1", "1.2.3.1")).unwrap().replace("20261205101500", "20261205101733");
+    assert_eq!(other.send(restamped.as_bytes()).await.unwrap(), first);
     // Different content under the same control id: kept, flagged, not applied.
     let conflict = client.send(&orm("DUP-1", "PLD1", "ACCD1-CHANGED", "1.2.3.1")).await.unwrap();
     assert_eq!(ack_field(&conflict, "MSA", 1, 1).as_deref(), Some("AE"), "{conflict}");
@@ -274,7 +282,7 @@ async fn a_resent_message_gets_the_original_ack_and_a_reused_control_id_is_flagg
     let log = get(&app, "/v1/radiology/hl7-messages?control_id=DUP-1").await;
     let rows = log["items"].as_array().unwrap();
     assert_eq!(rows.len(), 2, "{log}");
-    assert_eq!((rows[0]["status"].as_str(), rows[0]["duplicates"].as_i64()), (Some("processed"), Some(1)));
+    assert_eq!((rows[0]["status"].as_str(), rows[0]["duplicates"].as_i64()), (Some("processed"), Some(2)));
     assert_eq!(rows[1]["status"], "conflict");
     // Pipelined: three messages written at once are answered in order.
     let mut bytes = Vec::new();

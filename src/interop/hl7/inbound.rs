@@ -71,9 +71,27 @@ impl Prepared {
     }
 }
 
-/// The SHA-256 of the message bytes, hex.
+/// The SHA-256 of the message bytes without MSH-7 (a sender may stamp a new time on a
+/// message it sends again), hex.
 pub fn content_hash(raw: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, raw).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let msh_end = raw.iter().position(|b| *b == b'\r' || *b == b'\n').unwrap_or(raw.len());
+    match (raw.starts_with(b"MSH"), raw.get(3)) {
+        (true, Some(&sep)) => {
+            // MSH-1 is the separator itself: in the raw split, MSH-7 is the 7th piece.
+            for (i, piece) in raw[..msh_end].split(|b| *b == sep).enumerate() {
+                if i > 0 {
+                    ctx.update(&[sep]);
+                }
+                if i != 6 {
+                    ctx.update(piece);
+                }
+            }
+            ctx.update(&raw[msh_end..]);
+        }
+        _ => ctx.update(raw),
+    }
+    ctx.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A fresh ACK control id (MSH-10 of our ACKs): unique, 20 characters.
@@ -153,8 +171,11 @@ impl Hl7Service {
             Some(e) => format!("{k}^{e}"),
             None => k.clone(),
         });
-        let mode = match message.value("MSH", 15, 1) {
-            Some(m) if ["AL", "NE", "ER", "SU"].contains(&m.as_str()) => AckMode::Enhanced(m),
+        // Enhanced mode when MSH-15 or MSH-16 is valued; MSH-15 says when to send the
+        // accept ACK (AL when only MSH-16 is given).
+        let mode = match (message.value("MSH", 15, 1), message.value("MSH", 16, 1)) {
+            (Some(m), _) if ["AL", "NE", "ER", "SU"].contains(&m.as_str()) => AckMode::Enhanced(m),
+            (None, Some(_)) => AckMode::Enhanced("AL".into()),
             _ => AckMode::Original,
         };
         let app = row.sending_application.clone().unwrap_or_default();
@@ -171,6 +192,15 @@ impl Hl7Service {
         if !row.version_id.as_deref().is_some_and(|v| v.starts_with("2.")) {
             let v = row.version_id.clone().unwrap_or_default();
             return refuse(row, Some(message), mode, AckCode::AR, error("MSH", 1, 12, 203, format!("MSH-12 version {v:?} is not HL7 v2")));
+        }
+        // Only production messages change production data.
+        match message.value("MSH", 11, 1).as_deref() {
+            Some("P") => {}
+            other => {
+                let p = other.unwrap_or("").to_string();
+                return refuse(row, Some(message), mode, AckCode::AR, error("MSH", 1, 11, 202, format!(
+                    "processing id {p:?} is not taken: only P (production) messages are applied")));
+            }
         }
         let offset = self.settings.default_offset;
         let work = match (kind.as_deref(), event.as_deref()) {
@@ -393,7 +423,14 @@ impl Hl7Service {
                     let _ = job.reply.send(row.ack);
                 }
             }
-            Err(e) => self.failed_wave(wave, e, log_only),
+            Err(e) if wave.len() > 1 => {
+                // One message may be the cause: each is tried on its own.
+                tracing::warn!(error.cause_chain = ?e, messages = wave.len(), "an HL7 order group failed; applying its messages one by one");
+                for job in wave {
+                    Box::pin(self.apply_orders(vec![job], log_only)).await;
+                }
+            }
+            Err(e) => self.failed_wave(wave, e),
         }
     }
 
@@ -431,7 +468,7 @@ impl Hl7Service {
                 match crate::reports::from_fhir::map(r.resource.clone()) {
                     Ok(mut u) => {
                         u.critical = Some(r.critical);
-                        u.order_id = job.prepared.row.order_id.filter(|_| r.resource.pointer("/basedOn/0/reference").is_some());
+                        u.order_id = r.order_id;
                         upserts.push(u);
                     }
                     Err(issues) => issue = issues.first().map(|i| format!("{}: {}", i.expression, i.message)),
@@ -454,13 +491,7 @@ impl Hl7Service {
             let keys: HashSet<String> = upserts.iter().map(|u| u.business_key.clone()).collect();
             job.prepared.work = Work::Reports(upserts);
             let tenant = job.prepared.row.tenant_id;
-            match waves.iter_mut().find(|(t, k, _)| *t == tenant && k.is_disjoint(&keys)) {
-                Some((_, k, jobs)) => {
-                    k.extend(keys);
-                    jobs.push(job);
-                }
-                None => waves.push((tenant, keys, vec![job])),
-            }
+            place(&mut waves, tenant, keys, job);
         }
         waves.into_iter().map(|w| w.2).collect()
     }
@@ -497,27 +528,25 @@ impl Hl7Service {
                     let _ = job.reply.send(row.ack);
                 }
             }
-            Err(e) => self.failed_wave(wave, e, log_only),
+            Err(e) if wave.len() > 1 => {
+                tracing::warn!(error.cause_chain = ?e, messages = wave.len(), "an HL7 result group failed; applying its messages one by one");
+                for job in wave {
+                    Box::pin(self.apply_results(vec![job], log_only)).await;
+                }
+            }
+            Err(e) => self.failed_wave(wave, e),
         }
     }
 
-    /// A group the store refused: each message is logged as an error with AE when the
-    /// store said why (a conflict), else answered AR so the sender sends it again.
-    fn failed_wave(&self, wave: Vec<Job>, e: crate::db::StoreError, log_only: &mut Vec<Job>) {
-        tracing::error!(error.cause_chain = ?e, messages = wave.len(), "HL7 messages could not be applied");
-        for mut job in wave {
-            match &e {
-                crate::db::StoreError::Conflict(what) => {
-                    let p = &mut job.prepared;
-                    p.work = Work::None;
-                    p.row.status = "error".into();
-                    set_refusal(p, AckCode::AE, error("MSH", 1, 0, 206, format!("not applied: {what}")));
-                    log_only.push(job);
-                }
-                _ => {
-                    let _ = job.reply.send(store_failed(&job.prepared));
-                }
-            }
+    /// A message the store could not take (database down, a concurrent writer, another
+    /// process that stored it first): nothing of it is kept, and it is answered AR so
+    /// that the sender sends it again (a re-sent message already stored elsewhere then
+    /// gets its stored ACK).
+    fn failed_wave(&self, wave: Vec<Job>, e: crate::db::StoreError) {
+        tracing::error!(error.cause_chain = ?e, messages = wave.len(), "HL7 message not stored; answered AR");
+        for job in wave {
+            self.metrics.observe_hl7_message(job.prepared.row.message_type.as_deref(), "not_stored");
+            let _ = job.reply.send(store_failed(&job.prepared));
         }
     }
 
@@ -557,7 +586,7 @@ impl Hl7Service {
                     let order = self.orders.find_for_result(tenant, &r.order_keys, r.filler_number.as_deref(), r.accession_number.as_deref()).await?;
                     if let Some(o) = &order {
                         link_order(&mut r, o.id, o.study_uid.as_deref());
-                        row.order_id = Some(o.id);
+                        row.order_id = row.order_id.or(Some(o.id));
                     }
                     let mut u = crate::reports::from_fhir::map(r.resource.clone())
                         .map_err(|i| crate::db::StoreError::Other(anyhow::anyhow!("the result is not a valid report: {:?}", i.first())))?;
@@ -594,15 +623,22 @@ fn waves(jobs: Vec<Job>) -> Vec<Vec<Job>> {
         let keys: HashSet<String> = orders.iter().map(|o| o.business_key.clone()).collect();
         job.prepared.work = Work::Orders(orders);
         let tenant = job.prepared.row.tenant_id;
-        match waves.iter_mut().find(|(t, k, _)| *t == tenant && k.is_disjoint(&keys)) {
-            Some((_, k, list)) => {
-                k.extend(keys);
-                list.push(job);
-            }
-            None => waves.push((tenant, keys, vec![job])),
-        }
+        place(&mut waves, tenant, keys, job);
     }
     waves.into_iter().map(|w| w.2).collect()
+}
+
+/// Puts a message in the first group after the last one that shares a key with it, so
+/// that messages about the same order or report apply in the order they came.
+fn place(waves: &mut Vec<(Uuid, HashSet<String>, Vec<Job>)>, tenant: Uuid, keys: HashSet<String>, job: Job) {
+    let after = waves.iter().rposition(|(t, k, _)| *t == tenant && !k.is_disjoint(&keys)).map_or(0, |i| i + 1);
+    match waves.iter_mut().skip(after).find(|(t, _, _)| *t == tenant) {
+        Some((_, k, list)) => {
+            k.extend(keys);
+            list.push(job);
+        }
+        None => waves.push((tenant, keys, vec![job])),
+    }
 }
 
 /// One item per key, the last one given (a message naming the same order or report
@@ -659,4 +695,33 @@ fn store_failed(p: &Prepared) -> Option<Vec<u8>> {
 /// The default UTC offset of HL7 timestamps from `+HH:MM`.
 pub fn parse_offset(text: &str) -> anyhow::Result<FixedOffset> {
     crate::studies::mapping::parse_offset(&text.replace(':', "")).ok_or_else(|| anyhow::anyhow!("hl7_default_utc_offset {text:?} is not +HH:MM"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_content_hash_ignores_msh_7_only() {
+        let a = content_hash(b"MSH|^~\\&|RIS|H|||20261205101500||ORM^O01|C1|P|2.3.1\rPID|1||X\r");
+        let b = content_hash(b"MSH|^~\\&|RIS|H|||20261205999999||ORM^O01|C1|P|2.3.1\rPID|1||X\r");
+        let c = content_hash(b"MSH|^~\\&|RIS|H|||20261205101500||ORM^O01|C1|P|2.3.1\rPID|1||Y\r");
+        let d = content_hash(b"MSH|^~\\&|RIS|H|||20261205101500||ORM^O01|C2|P|2.3.1\rPID|1||X\r");
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_ne!(a, d);
+        assert_eq!(content_hash(b"garbage").len(), 64);
+    }
+
+    #[test]
+    fn enhanced_mode_sends_the_accept_ack_msh_15_asks_for() {
+        let m = Message::parse(b"MSH|^~\\&|RIS|H|||2026||ORM^O01|C1|P|2.5.1|||ER|AL\r").unwrap();
+        let er = AckMode::Enhanced("ER".into());
+        assert!(ack_bytes(Some(&m), &er, AckCode::AA, None).is_none(), "ER: nothing on success");
+        let ce = ack_bytes(Some(&m), &er, AckCode::AE, Some(&error("PID", 1, 3, 101, "x"))).unwrap();
+        assert!(String::from_utf8(ce).unwrap().contains("MSA|CE|C1"));
+        assert!(ack_bytes(Some(&m), &AckMode::Enhanced("NE".into()), AckCode::AE, None).is_none());
+        let ca = ack_bytes(Some(&m), &AckMode::Enhanced("AL".into()), AckCode::AA, None).unwrap();
+        assert!(String::from_utf8(ca).unwrap().contains("MSA|CA|C1"));
+    }
 }

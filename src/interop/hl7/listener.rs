@@ -63,9 +63,16 @@ async fn connection(mut socket: TcpStream, peer: String, service: Arc<Hl7Service
                 }
             };
             if let Some(ack) = ack {
-                if let Err(e) = socket.write_all(&mllp::encode(&ack)).await {
-                    tracing::info!(%peer, error = %e, "MLLP peer went away before its ACK");
-                    break 'read;
+                match tokio::time::timeout(idle, socket.write_all(&mllp::encode(&ack))).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::info!(%peer, error = %e, "MLLP peer went away before its ACK");
+                        break 'read;
+                    }
+                    Err(_) => {
+                        tracing::warn!(%peer, "MLLP peer does not read its ACKs; closing");
+                        break 'read;
+                    }
                 }
             }
         }

@@ -104,6 +104,15 @@ impl Separators {
 /// Decodes message bytes per MSH-18; returns the text and whether Latin-1 was used as a
 /// fallback for bytes that are not UTF-8.
 pub fn decode_text(bytes: &[u8], charset: Option<&str>) -> (String, bool) {
+    let (text, fallback) = decode_raw(bytes, charset);
+    // NUL is no character of any HL7 text (and PostgreSQL text cannot hold it).
+    if text.contains('\0') {
+        return (text.replace('\0', ""), fallback);
+    }
+    (text, fallback)
+}
+
+fn decode_raw(bytes: &[u8], charset: Option<&str>) -> (String, bool) {
     let latin1 = |b: &[u8]| b.iter().map(|&c| c as char).collect::<String>();
     if is_latin1(charset) {
         return (latin1(bytes), false);

@@ -108,7 +108,7 @@ async fn deliver_destination(service: &Hl7Service, connector: ConnectorRow, stop
                 Err(e) => {
                     tracing::warn!(error.cause_chain = ?e, seq = entry.seq, "outbox: could not render the message");
                     let next = crate::db::now() + chrono::Duration::from_std(connector.retry().delay(entry.attempts)).unwrap_or_default();
-                    let _ = service.store.record_delivery(entry.seq, &Delivery::Retry { error: format!("rendering failed: {e}"), ack_code: None, next }).await;
+                    let _ = service.store.record_delivery(entry.seq, &Delivery::Retry { error: format!("rendering failed: {e}"), ack_code: None, next, rejected: false }).await;
                     return;
                 }
             },
@@ -118,12 +118,13 @@ async fn deliver_destination(service: &Hl7Service, connector: ConnectorRow, stop
         let delivery = match outcome {
             Ok((code, ack)) => match code.as_str() {
                 "AA" | "CA" => Delivery::Acked { code, ack },
-                "AR" | "CR" if (entry.attempts + 1) < retry.max_attempts as i32 => Delivery::Retry {
+                "AR" | "CR" if (entry.rejections + 1) < retry.max_attempts as i32 => Delivery::Retry {
                     error: format!("{code}: {}", ack_text(&ack)),
                     ack_code: Some(code),
-                    next: crate::db::now() + chrono::Duration::from_std(retry.delay(entry.attempts)).unwrap_or_default(),
+                    next: crate::db::now() + chrono::Duration::from_std(retry.delay(entry.rejections)).unwrap_or_default(),
+                    rejected: true,
                 },
-                "AR" | "CR" => Delivery::Refused { status: "failed", error: format!("{code} after {} attempts: {}", entry.attempts + 1, ack_text(&ack)), code, ack },
+                "AR" | "CR" => Delivery::Refused { status: "failed", error: format!("{code} {} times: {}", entry.rejections + 1, ack_text(&ack)), code, ack },
                 _ => Delivery::Refused { status: "nak", error: format!("{code}: {}", ack_text(&ack)), code, ack },
             },
             Err(e) => {
@@ -132,6 +133,7 @@ async fn deliver_destination(service: &Hl7Service, connector: ConnectorRow, stop
                     error: e.to_string(),
                     ack_code: None,
                     next: crate::db::now() + chrono::Duration::from_std(retry.delay(entry.attempts)).unwrap_or_default(),
+                    rejected: false,
                 }
             }
         };
@@ -276,7 +278,18 @@ async fn render(service: &Hl7Service, entry: &OutboxRow) -> anyhow::Result<Optio
                 Err(crate::db::StoreError::NotFound) => return Ok(None),
                 Err(e) => return Err(e.into()),
             };
-            Ok(Some((control_id.clone(), study_available(&study, &control_id))))
+            // The order the study fulfils (by Study Instance UID, else accession), so the
+            // RIS can match the message to it.
+            let mut query = crate::orders::store::OrderQuery { study_uids: vec![study.pacs_study_uid.clone()], ..Default::default() };
+            let page = crate::pagination::PageRequest { limit: 1, after: None };
+            let mut order = service.orders.list(tenant, &query, &page).await?.into_iter().next();
+            if order.is_none() {
+                if let Some(acc) = &study.accession_number {
+                    query = crate::orders::store::OrderQuery { accession_numbers: vec![acc.clone()], ..Default::default() };
+                    order = service.orders.list(tenant, &query, &page).await?.into_iter().next();
+                }
+            }
+            Ok(Some((control_id.clone(), study_available(&study, order.as_ref(), &control_id))))
         }
         "report_final" => {
             let report = match service.reports.get_version(tenant, entry.resource_id, entry.resource_version).await {
@@ -286,7 +299,11 @@ async fn render(service: &Hl7Service, entry: &OutboxRow) -> anyhow::Result<Optio
             };
             let row = service.reports.get(tenant, entry.resource_id).await?;
             let order = match row.order_id {
-                Some(id) => service.orders.get(tenant, id).await.ok(),
+                Some(id) => match service.orders.get(tenant, id).await {
+                    Ok(o) => Some(o),
+                    Err(crate::db::StoreError::NotFound) => None,
+                    Err(e) => return Err(e.into()),
+                },
                 None => None,
             };
             Ok(Some((control_id.clone(), report_final(&report.payload.0, &report.status, row.critical, order.as_ref(), &control_id))))
@@ -296,18 +313,24 @@ async fn render(service: &Hl7Service, entry: &OutboxRow) -> anyhow::Result<Optio
 }
 
 /// ORM^O01 with ORC-1 SC, ORC-5 CM: the images of the order's study are available.
-pub fn study_available(study: &crate::studies::store::StudyRow, control_id: &str) -> Vec<u8> {
+/// The order's placer/filler numbers and procedure code are named when it is known.
+pub fn study_available(study: &crate::studies::store::StudyRow, order: Option<&crate::orders::OrderRow>, control_id: &str) -> Vec<u8> {
     let mut b = Builder::new("ORM^O01^ORM_O01", control_id, "P");
     let patient = study.patient_id.clone().unwrap_or_default();
     let accession = study.accession_number.clone().unwrap_or_default();
     let started = study.started_at.map(format_ts).unwrap_or_default();
     let description = study.description.clone().unwrap_or_default();
     let modality = study.modality.clone().unwrap_or_default();
+    let placer = order.and_then(|o| o.placer_number.clone()).unwrap_or_default();
+    let filler = order.and_then(|o| o.filler_number.clone()).unwrap_or_default();
+    let code = order.and_then(|o| o.procedure_code.clone()).unwrap_or_default();
     b.segment("PID", &[&["1"], &[], &[&patient]]);
-    b.segment("ORC", &[&["SC"], &[], &[], &[], &["CM"], &[], &[], &[], &[&format_ts(chrono::Utc::now())]]);
+    b.segment("ORC", &[&["SC"], &[&placer], &[&filler], &[], &["CM"], &[], &[], &[], &[&format_ts(chrono::Utc::now())]]);
     let mut obr: Vec<Vec<String>> = vec![vec![]; 24];
     obr[0] = vec!["1".into()];
-    obr[3] = vec![String::new(), description];
+    obr[1] = vec![placer.clone()];
+    obr[2] = vec![filler.clone()];
+    obr[3] = vec![code, description];
     obr[6] = vec![started];
     obr[17] = vec![accession];
     obr[23] = vec![modality];

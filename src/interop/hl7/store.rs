@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::connectors::ConnectorRow;
 use crate::auth::TenantId;
 use crate::db::error::StoreResult;
-use crate::db::sql::{Arg, Bound, Followup, SqlBuf};
+use crate::db::sql::{Arg, Bound, Fence, Followup, SqlBuf};
 use crate::db::{begin_write, Db, StoreError};
 use crate::pagination::PageRequest;
 use crate::{bind_args, on_db};
@@ -87,6 +87,8 @@ pub struct OutboxRow {
     pub control_id: Option<String>,
     pub message: Option<Vec<u8>>,
     pub attempts: i32,
+    /// AR/CR answers so far (what `retry.max_attempts` limits).
+    pub rejections: i32,
     pub next_attempt_at: DateTime<Utc>,
     pub last_error: Option<String>,
     pub ack_code: Option<String>,
@@ -97,7 +99,7 @@ pub struct OutboxRow {
 }
 
 const OUTBOX_COLUMNS: &str = "seq, tenant_id, connector_id, event, resource_type, resource_id, resource_version, status, control_id, \
-    message, attempts, next_attempt_at, last_error, ack_code, ack, created_at, sent_at, done_at";
+    message, attempts, rejections, next_attempt_at, last_error, ack_code, ack, created_at, sent_at, done_at";
 
 /// How one delivery attempt ended.
 #[derive(Debug, Clone)]
@@ -107,7 +109,8 @@ pub enum Delivery {
     /// AE/CE (or AR/CR after the last attempt): done, recorded as refused.
     Refused { status: &'static str, code: String, ack: Vec<u8>, error: String },
     /// Not delivered (no connection, no ACK in time, AR): try again at `next`.
-    Retry { error: String, ack_code: Option<String>, next: DateTime<Utc> },
+    /// `rejected`: the destination answered AR/CR (counted against `max_attempts`).
+    Retry { error: String, ack_code: Option<String>, next: DateTime<Utc>, rejected: bool },
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -227,9 +230,11 @@ pub fn message_inserts(db: &Db, rows: &[MessageRow]) -> Vec<Followup> {
                 let placeholders: Vec<String> = args.into_iter().map(|a| sql.arg(a)).collect();
                 sql.push(if n == 0 { "(" } else { ", (" }).push(&placeholders.join(", ")).push(")");
             }
-            // A message stored by a concurrent writer (another replica) is not stored twice.
+            // A message another process stored first (a sender that re-sent it elsewhere)
+            // rolls this transaction back: it is not applied twice; the next batch finds it
+            // and answers with its stored ACK.
             sql.push(" ON CONFLICT (tenant_id, connector_id, control_id, content_hash) DO NOTHING");
-            Followup { sql, fence: false }
+            Followup { sql, fence: Fence::Rows(chunk.len() as u64) }
         })
         .collect()
 }
@@ -252,7 +257,7 @@ pub fn enqueue_event(tenant: TenantId, event: &str, resource_type: &str, table: 
     sql.push(&format!("{t} AND c.direction = 'outbound' AND c.active = TRUE AND CAST(c.events AS TEXT) LIKE {pattern} {filter} AND r.id IN ("));
     let ids: Vec<String> = ids.iter().map(|id| sql.arg(Arg::Uuid(*id))).collect();
     sql.push(&ids.join(", ")).push(") ORDER BY r.id ON CONFLICT (connector_id, event, resource_id, resource_version) DO NOTHING");
-    Some(Followup { sql, fence: false })
+    Some(Followup { sql, fence: Fence::None })
 }
 
 #[async_trait]
@@ -334,15 +339,23 @@ impl Hl7Store for SqlHl7Store {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
+        // Per sender, its control ids as ONE argument: an OR of per-key conditions made
+        // PostgreSQL scan the sender's whole index range (it factors the shared columns out).
+        let mut senders: Vec<((Uuid, Uuid), Vec<String>)> = Vec::new();
+        for (t, c, id) in keys {
+            match senders.iter_mut().find(|(k, _)| *k == (*t, *c)) {
+                Some((_, ids)) => ids.push(id.clone()),
+                None => senders.push(((*t, *c), vec![id.clone()])),
+            }
+        }
         let mut sql = SqlBuf::new("SELECT id, tenant_id, connector_id, control_id, content_hash, ack, received_at FROM hl7_messages WHERE ");
-        let terms: Vec<String> = keys
-            .iter()
-            .map(|(t, c, id)| {
-                let (t, c, id) = (sql.arg(Arg::Uuid(*t)), sql.arg(Arg::Uuid(*c)), sql.arg(Arg::Text(id.clone())));
-                format!("(tenant_id = {t} AND connector_id = {c} AND control_id = {id})")
-            })
-            .collect();
-        sql.push(&terms.join(" OR "));
+        for (n, ((t, c), ids)) in senders.into_iter().enumerate() {
+            let (t, c) = (sql.arg(Arg::Uuid(t)), sql.arg(Arg::Uuid(c)));
+            sql.push(if n == 0 { "(" } else { " OR (" });
+            sql.push(&format!("tenant_id = {t} AND connector_id = {c} AND "));
+            sql.push_in_keys(&self.db, "control_id", ids);
+            sql.push(")");
+        }
         sql.push(" ORDER BY received_at");
         let rows = on_db!(&self.db, pool => bind_args!(sqlx::query_as::<_, PriorMessage>(&sql.text), &sql.args).fetch_all(pool).await)?;
         Ok(rows)
@@ -417,7 +430,8 @@ impl Hl7Store for SqlHl7Store {
         let candidates: Vec<Uuid> = on_db!(&self.db, pool => sqlx::query_scalar::<_, Uuid>(
             "SELECT c.id FROM hl7_connectors c WHERE c.direction = 'outbound' AND c.active = TRUE \
                AND (c.lease_until IS NULL OR c.lease_until < $1 OR c.lease_owner = $2) \
-               AND EXISTS (SELECT 1 FROM hl7_outbox o WHERE o.connector_id = c.id AND o.status = 'pending' AND o.next_attempt_at <= $1) \
+               AND EXISTS (SELECT 1 FROM hl7_outbox o WHERE o.connector_id = c.id AND o.next_attempt_at <= $1 \
+                   AND o.seq = (SELECT MIN(p.seq) FROM hl7_outbox p WHERE p.connector_id = c.id AND p.status = 'pending')) \
              ORDER BY c.id LIMIT $3")
             .bind(now).bind(owner).bind(limit).fetch_all(pool).await)?;
         let mut claimed = Vec::new();
@@ -468,9 +482,10 @@ impl Hl7Store for SqlHl7Store {
                 "UPDATE hl7_outbox SET status = $2, attempts = attempts + 1, ack_code = $3, ack = $4, sent_at = COALESCE(sent_at, $5), \
                  done_at = $5, last_error = $6 WHERE seq = $1")
                 .bind(seq).bind(*status).bind(code).bind(ack).bind(now).bind(error).execute(pool).await.map(|r| r.rows_affected()),
-            Delivery::Retry { error, ack_code, next } => sqlx::query(
-                "UPDATE hl7_outbox SET attempts = attempts + 1, last_error = $2, ack_code = $3, next_attempt_at = $4 WHERE seq = $1")
-                .bind(seq).bind(error).bind(ack_code).bind(*next).execute(pool).await.map(|r| r.rows_affected()),
+            Delivery::Retry { error, ack_code, next, rejected } => sqlx::query(
+                "UPDATE hl7_outbox SET attempts = attempts + 1, rejections = rejections + $5, last_error = $2, ack_code = $3, \
+                 next_attempt_at = $4 WHERE seq = $1")
+                .bind(seq).bind(error).bind(ack_code).bind(*next).bind(i32::from(*rejected)).execute(pool).await.map(|r| r.rows_affected()),
         })?;
         Ok(())
     }
