@@ -307,7 +307,19 @@ impl Hl7Service {
     pub async fn submit(&self, prepared: Prepared) -> Option<Vec<u8>> {
         let (reply, answer) = oneshot::channel();
         let fallback = ack_bytes(prepared.message.as_ref(), &prepared.mode, AckCode::AR, Some(&error("MSH", 1, 0, 207, "the service is shutting down; send the message again")));
-        if self.writer.send(Job { prepared, reply }).await.is_err() {
+        // One control id of one sender always goes to the same writer: its duplicate
+        // check and its store are never concurrent.
+        let shard = match prepared.key() {
+            Some((t, c, id)) => {
+                let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+                for b in t.as_bytes().iter().chain(c.as_bytes()).chain(id.as_bytes()) {
+                    h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+                }
+                (h % self.writers.len() as u64) as usize
+            }
+            None => 0,
+        };
+        if self.writers[shard].send(Job { prepared, reply }).await.is_err() {
             return fallback;
         }
         answer.await.unwrap_or(fallback)

@@ -48,6 +48,9 @@ pub struct Hl7Settings {
     pub max_message_bytes: usize,
     pub idle_timeout: std::time::Duration,
     pub batch_max: usize,
+    /// Writers storing messages at once (messages are spread by sender and control id,
+    /// so one control id always goes to the same writer).
+    pub writers: usize,
     pub default_offset: FixedOffset,
     pub outbound_enabled: bool,
     pub outbound_poll: std::time::Duration,
@@ -60,6 +63,7 @@ impl Hl7Settings {
             max_message_bytes: config.mllp_max_message_bytes.max(1024) as usize,
             idle_timeout: std::time::Duration::from_secs(config.mllp_idle_timeout_seconds.max(1) as u64),
             batch_max: config.mllp_batch_max.clamp(1, 1000) as usize,
+            writers: config.mllp_writers.clamp(1, 64) as usize,
             default_offset: inbound::parse_offset(&config.hl7_default_utc_offset)?,
             outbound_enabled: config.hl7_outbound_enabled,
             outbound_poll: std::time::Duration::from_millis(config.hl7_outbound_poll_ms.max(10) as u64),
@@ -81,8 +85,8 @@ pub struct Hl7Service {
     pub settings: Hl7Settings,
     pub metrics: Arc<Metrics>,
     routes: RwLock<Routes>,
-    writer: mpsc::Sender<Job>,
-    writer_rx: std::sync::Mutex<Option<mpsc::Receiver<Job>>>,
+    writers: Vec<mpsc::Sender<Job>>,
+    writer_rx: std::sync::Mutex<Option<Vec<mpsc::Receiver<Job>>>>,
     stop: watch::Sender<bool>,
     /// Who holds outbound leases: this process.
     owner: String,
@@ -99,7 +103,9 @@ impl Hl7Service {
         settings: Hl7Settings,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let (writer, rx) = mpsc::channel(4096);
+        // SQLite has one writer at a time anyway.
+        let n = if matches!(db, Db::Sqlite(_)) { 1 } else { settings.writers.max(1) };
+        let (writers, receivers): (Vec<_>, Vec<_>) = (0..n).map(|_| mpsc::channel(4096)).unzip();
         let (stop, _) = watch::channel(false);
         Self {
             store,
@@ -110,8 +116,8 @@ impl Hl7Service {
             settings,
             metrics,
             routes: RwLock::new((None, HashMap::new())),
-            writer,
-            writer_rx: std::sync::Mutex::new(Some(rx)),
+            writers,
+            writer_rx: std::sync::Mutex::new(Some(receivers)),
             stop,
             owner: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
         }
@@ -120,7 +126,7 @@ impl Hl7Service {
     /// Starts the writer and (when enabled) the outbox worker; `listener` serves MLLP.
     pub fn spawn(self: &Arc<Self>, listener: Option<tokio::net::TcpListener>) -> Vec<tokio::task::JoinHandle<()>> {
         let mut tasks = Vec::new();
-        if let Some(rx) = self.writer_rx.lock().expect("lock").take() {
+        for rx in self.writer_rx.lock().expect("lock").take().unwrap_or_default() {
             tasks.push(self.spawn_writer(rx));
         }
         if let Some(l) = listener {
