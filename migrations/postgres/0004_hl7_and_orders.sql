@@ -55,8 +55,10 @@ CREATE TABLE hl7_messages (
 );
 CREATE INDEX hl7_messages_tenant_received ON hl7_messages (tenant_id, received_at, id);
 CREATE INDEX hl7_messages_control ON hl7_messages (tenant_id, connector_id, control_id);
--- The same content under the same control id from the same sender is one message.
-CREATE UNIQUE INDEX hl7_messages_dedup ON hl7_messages (tenant_id, connector_id, control_id, content_hash);
+-- A sender's control id names one message (kept apart: messages flagged as a conflict,
+-- a reused control id with other content). A batch whose insert meets a stored one is
+-- rolled back and checked message by message for duplicates.
+CREATE UNIQUE INDEX hl7_messages_control_once ON hl7_messages (tenant_id, connector_id, control_id) WHERE status <> 'conflict';
 
 -- Radiology orders. The business key is the placer order number (ORC-2) with its
 -- namespace, else the filler order number (ORC-3).

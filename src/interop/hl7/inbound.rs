@@ -327,6 +327,11 @@ impl Hl7Service {
 
     /// Stores one batch; returns the jobs that must wait for the next batch (a second
     /// message with the same sender and control id as one in this batch).
+    ///
+    /// First pass: no duplicate check. A control id stored before makes the insert of
+    /// its group meet the unique index (`hl7_messages_control_once`); that group is
+    /// rolled back, and its messages take the second pass, which looks up the stored
+    /// messages and answers duplicates with their stored ACK.
     async fn write_batch(&self, batch: Vec<Job>) -> Vec<Job> {
         let mut later = Vec::new();
         let mut seen = HashSet::new();
@@ -337,6 +342,23 @@ impl Hl7Service {
                 _ => jobs.push(job),
             }
         }
+        let recheck = self.store_jobs(jobs, false).await;
+        if !recheck.is_empty() {
+            for job in self.store_jobs(recheck, true).await {
+                let _ = job.reply.send(store_failed(&job.prepared));
+            }
+        }
+        later
+    }
+
+    /// One pass of [`Hl7Service::write_batch`]; returns the messages to check again.
+    async fn store_jobs(&self, jobs: Vec<Job>, checked: bool) -> Vec<Job> {
+        let mut recheck = Vec::new();
+        if !checked {
+            let (apply, log_only): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| !matches!(j.prepared.work, Work::None));
+            self.apply_all(apply, log_only, false, &mut recheck).await;
+            return recheck;
+        }
         let keys: Vec<(Uuid, Uuid, String)> = jobs.iter().filter_map(|j| j.prepared.key()).collect();
         let priors = match self.store.prior_messages(&keys).await {
             Ok(p) => p,
@@ -345,7 +367,7 @@ impl Hl7Service {
                 for job in jobs {
                     let _ = job.reply.send(store_failed(&job.prepared));
                 }
-                return later;
+                return recheck;
             }
         };
         let mut duplicates = Vec::new();
@@ -374,8 +396,8 @@ impl Hl7Service {
                 continue;
             }
             match job.prepared.work {
-                Work::Orders(_) | Work::Results(_) => apply.push(job),
-                _ => log_only.push(job),
+                Work::None => log_only.push(job),
+                _ => apply.push(job),
             }
         }
         if !duplicates.is_empty() {
@@ -383,30 +405,41 @@ impl Hl7Service {
                 tracing::warn!(error.cause_chain = ?e, "could not count duplicate HL7 messages");
             }
         }
-        // Orders, then results (a result in the same batch as its order finds it).
-        let (orders, results): (Vec<Job>, Vec<Job>) = apply.into_iter().partition(|j| matches!(j.prepared.work, Work::Orders(_)));
-        for wave in waves(orders) {
-            self.apply_orders(wave, &mut log_only).await;
-        }
-        for wave in self.link_results(results, &mut log_only).await {
-            self.apply_results(wave, &mut log_only).await;
-        }
-        if !log_only.is_empty() {
-            let rows: Vec<MessageRow> = log_only.iter().map(|j| j.prepared.row.clone()).collect();
-            let stored = self.store.insert_messages(&rows).await;
-            if let Err(e) = &stored {
-                tracing::error!(error.cause_chain = ?e, "could not store refused HL7 messages; answering AR");
-            }
-            for job in log_only {
-                self.metrics.observe_hl7_message(job.prepared.row.message_type.as_deref(), &job.prepared.row.status);
-                let ack = if stored.is_ok() { job.prepared.row.ack.clone() } else { store_failed(&job.prepared) };
-                let _ = job.reply.send(ack);
-            }
-        }
-        later
+        self.apply_all(apply, log_only, true, &mut recheck).await;
+        recheck
     }
 
-    async fn apply_orders(&self, wave: Vec<Job>, log_only: &mut Vec<Job>) {
+    /// Applies and stores messages (orders first: a result in the same batch as its
+    /// order finds it), then stores the refused ones; answers each once it is stored.
+    async fn apply_all(&self, apply: Vec<Job>, mut log_only: Vec<Job>, checked: bool, recheck: &mut Vec<Job>) {
+        let (orders, results): (Vec<Job>, Vec<Job>) = apply.into_iter().partition(|j| matches!(j.prepared.work, Work::Orders(_)));
+        for wave in waves(orders) {
+            self.apply_orders(wave, &mut log_only, checked, recheck).await;
+        }
+        for wave in self.link_results(results, &mut log_only).await {
+            self.apply_results(wave, &mut log_only, checked, recheck).await;
+        }
+        if log_only.is_empty() {
+            return;
+        }
+        let rows: Vec<MessageRow> = log_only.iter().map(|j| j.prepared.row.clone()).collect();
+        let stored = self.store.insert_messages(&rows).await;
+        match &stored {
+            Err(crate::db::StoreError::Fenced) if !checked => {
+                recheck.extend(log_only);
+                return;
+            }
+            Err(e) => tracing::error!(error.cause_chain = ?e, "could not store refused HL7 messages; answering AR"),
+            Ok(()) => {}
+        }
+        for job in log_only {
+            self.metrics.observe_hl7_message(job.prepared.row.message_type.as_deref(), &job.prepared.row.status);
+            let ack = if stored.is_ok() { job.prepared.row.ack.clone() } else { store_failed(&job.prepared) };
+            let _ = job.reply.send(ack);
+        }
+    }
+
+    async fn apply_orders(&self, wave: Vec<Job>, log_only: &mut Vec<Job>, checked: bool, recheck: &mut Vec<Job>) {
         let tenant = TenantId(wave[0].prepared.row.tenant_id);
         let mut upserts = Vec::new();
         let mut spans = Vec::new();
@@ -435,11 +468,12 @@ impl Hl7Service {
                     let _ = job.reply.send(row.ack);
                 }
             }
+            Err(crate::db::StoreError::Fenced) if !checked => recheck.extend(wave),
             Err(e) if wave.len() > 1 => {
                 // One message may be the cause: each is tried on its own.
                 tracing::warn!(error.cause_chain = ?e, messages = wave.len(), "an HL7 order group failed; applying its messages one by one");
                 for job in wave {
-                    Box::pin(self.apply_orders(vec![job], log_only)).await;
+                    Box::pin(self.apply_orders(vec![job], log_only, checked, recheck)).await;
                 }
             }
             Err(e) => self.failed_wave(wave, e),
@@ -449,6 +483,8 @@ impl Hl7Service {
     /// Finds each result's order, maps it to a report upsert, and groups the results in
     /// waves of distinct reports. A result whose report cannot be built is refused (AE).
     async fn link_results(&self, jobs: Vec<Job>, log_only: &mut Vec<Job>) -> Vec<Vec<Job>> {
+        // Results mapped already (checked again after a first pass) keep their reports.
+        let (done, jobs): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| matches!(j.prepared.work, Work::Reports(_)));
         let mut ready = Vec::new();
         for mut job in jobs {
             let tenant = TenantId(job.prepared.row.tenant_id);
@@ -472,6 +508,10 @@ impl Hl7Service {
             ready.push(job);
         }
         let mut mapped = Vec::new();
+        for mut job in done {
+            let Work::Reports(upserts) = std::mem::replace(&mut job.prepared.work, Work::None) else { unreachable!("reports") };
+            mapped.push((job, upserts));
+        }
         for mut job in ready {
             let Work::Results(results) = &job.prepared.work else { unreachable!("results") };
             let mut upserts = Vec::new();
@@ -508,7 +548,7 @@ impl Hl7Service {
         waves.into_iter().map(|w| w.2).collect()
     }
 
-    async fn apply_results(&self, wave: Vec<Job>, log_only: &mut Vec<Job>) {
+    async fn apply_results(&self, wave: Vec<Job>, log_only: &mut Vec<Job>, checked: bool, recheck: &mut Vec<Job>) {
         let tenant = TenantId(wave[0].prepared.row.tenant_id);
         let mut upserts: Vec<ReportUpsert> = Vec::new();
         let mut spans = Vec::new();
@@ -540,10 +580,11 @@ impl Hl7Service {
                     let _ = job.reply.send(row.ack);
                 }
             }
+            Err(crate::db::StoreError::Fenced) if !checked => recheck.extend(wave),
             Err(e) if wave.len() > 1 => {
                 tracing::warn!(error.cause_chain = ?e, messages = wave.len(), "an HL7 result group failed; applying its messages one by one");
                 for job in wave {
-                    Box::pin(self.apply_results(vec![job], log_only)).await;
+                    Box::pin(self.apply_results(vec![job], log_only, checked, recheck)).await;
                 }
             }
             Err(e) => self.failed_wave(wave, e),
@@ -584,7 +625,7 @@ impl Hl7Service {
             }
             Work::Orders(orders) => {
                 let outcomes = self.orders.upsert_batch(tenant, orders, None).await?;
-                row.status = "processed".into();
+                row.status = if stored.status == "conflict" { "conflict".into() } else { "processed".into() };
                 row.order_id = outcomes.first().map(UpsertOutcome::id);
                 row.error = None;
                 let a = accepted(&prepared);
@@ -612,7 +653,7 @@ impl Hl7Service {
                         "AND r.status IN ('final', 'amended', 'corrected', 'appended')").into_iter().collect()
                 };
                 let outcomes = self.reports.upsert_batch(tenant, &upserts, Some(AfterWrite { followups: &followups, gate: None })).await?;
-                row.status = "processed".into();
+                row.status = if stored.status == "conflict" { "conflict".into() } else { "processed".into() };
                 row.report_id = outcomes.first().map(UpsertOutcome::id);
                 row.error = None;
                 let a = accepted(&prepared);

@@ -230,10 +230,10 @@ pub fn message_inserts(db: &Db, rows: &[MessageRow]) -> Vec<Followup> {
                 let placeholders: Vec<String> = args.into_iter().map(|a| sql.arg(a)).collect();
                 sql.push(if n == 0 { "(" } else { ", (" }).push(&placeholders.join(", ")).push(")");
             }
-            // A message another process stored first (a sender that re-sent it elsewhere)
-            // rolls this transaction back: it is not applied twice; the next batch finds it
-            // and answers with its stored ACK.
-            sql.push(" ON CONFLICT (tenant_id, connector_id, control_id, content_hash) DO NOTHING");
+            // A control id stored before (a re-sent message, or one another process stored
+            // first) rolls this transaction back: nothing is applied twice; the writer then
+            // checks those messages for duplicates and answers with the stored ACK.
+            sql.push(" ON CONFLICT (tenant_id, connector_id, control_id) WHERE status <> 'conflict' DO NOTHING");
             Followup { sql, fence: Fence::Rows(chunk.len() as u64) }
         })
         .collect()
