@@ -89,6 +89,11 @@ fn render(row: &StudyRow, payload: Option<&Value>, version: i32, last_updated: c
             out.insert("started".into(), json!(s.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)));
         }
     }
+    if !out.contains_key("basedOn") {
+        if let Some(order) = row.order_id {
+            out.insert("basedOn".into(), json!([{"reference": format!("ServiceRequest/{order}"), "type": "ServiceRequest"}]));
+        }
+    }
     if !out.contains_key("modality") {
         if let Some(m) = &row.modality {
             let codes: Vec<Value> = m.split('\\').filter(|c| !c.is_empty()).map(|c| json!({"system": DCM_SYSTEM, "code": c})).collect();

@@ -225,6 +225,16 @@ const COLUMNS: &str = "id, tenant_id, patient_id, encounter_id, order_id, access
                        status, pacs_study_uid, pacs_endpoint_id, description, number_of_series, number_of_instances, \
                        payload, version, created_at, updated_at";
 
+/// [`COLUMNS`] as reads see them: a study's `order_id` is the order that names it (by
+/// Study Instance UID or accession number) when the column itself is empty, so orders and
+/// studies link whichever arrived first.
+const READ_COLUMNS: &str = "id, tenant_id, patient_id, encounter_id, \
+    COALESCE(order_id, (SELECT o.id FROM orders o WHERE o.tenant_id = imaging_studies.tenant_id \
+        AND (o.study_uid = imaging_studies.pacs_study_uid OR o.accession_number = imaging_studies.accession_number) \
+        ORDER BY o.created_at, o.id LIMIT 1)) AS order_id, \
+    accession_number, modality, started_at, status, pacs_study_uid, pacs_endpoint_id, description, number_of_series, \
+    number_of_instances, payload, version, created_at, updated_at";
+
 #[async_trait]
 impl StudyStore for SqlStudyStore {
     #[tracing::instrument(skip_all, fields(tenant_id = %tenant, study_id = %row.id))]
@@ -367,7 +377,7 @@ impl StudyStore for SqlStudyStore {
 
     #[tracing::instrument(skip_all, fields(tenant_id = %tenant, study_id = %id))]
     async fn get(&self, tenant: TenantId, id: Uuid) -> StoreResult<StudyRow> {
-        let sql = format!("SELECT {COLUMNS} FROM imaging_studies WHERE tenant_id = $1 AND id = $2");
+        let sql = format!("SELECT {READ_COLUMNS} FROM imaging_studies WHERE tenant_id = $1 AND id = $2");
         let row = on_db!(&self.db, pool => sqlx::query_as::<_, StudyRow>(&sql)
             .bind(tenant.0).bind(id).fetch_optional(pool).await)?;
         row.ok_or(StoreError::NotFound)
@@ -375,7 +385,7 @@ impl StudyStore for SqlStudyStore {
 
     #[tracing::instrument(skip_all, fields(tenant_id = %tenant))]
     async fn get_by_uid(&self, tenant: TenantId, study_instance_uid: &str) -> StoreResult<StudyRow> {
-        let sql = format!("SELECT {COLUMNS} FROM imaging_studies WHERE tenant_id = $1 AND pacs_study_uid = $2");
+        let sql = format!("SELECT {READ_COLUMNS} FROM imaging_studies WHERE tenant_id = $1 AND pacs_study_uid = $2");
         let row = on_db!(&self.db, pool => sqlx::query_as::<_, StudyRow>(&sql)
             .bind(tenant.0).bind(study_instance_uid).fetch_optional(pool).await)?;
         row.ok_or(StoreError::NotFound)
@@ -383,7 +393,7 @@ impl StudyStore for SqlStudyStore {
 
     #[tracing::instrument(skip_all, fields(tenant_id = %tenant))]
     async fn list(&self, tenant: TenantId, query: &StudyQuery, page: &PageRequest) -> StoreResult<Vec<StudyRow>> {
-        let mut sql = SqlBuf::new(format!("SELECT {COLUMNS} FROM imaging_studies"));
+        let mut sql = SqlBuf::new(format!("SELECT {READ_COLUMNS} FROM imaging_studies"));
         self.where_clause(tenant, query, &mut sql);
         if let Some(after) = page.after {
             let (c, i) = (sql.arg(Arg::Time(after.created_at)), sql.arg(Arg::Uuid(after.id)));

@@ -496,6 +496,10 @@ OBX|1|TX|19005-8^Impression^LN|1|IMPRESSION: Normal.||||||F\r"
     // The order's study is linked whichever came first.
     let a = order_by_accession(&app, &acc_a).await;
     assert_eq!(a["study"]["study_instance_uid"], uid_a.as_str());
+    // … and the study names its order (ImagingStudy.basedOn).
+    let study = get(&app, &format!("/fhir/r4/ImagingStudy/{}", a["study"]["id"].as_str().unwrap())).await;
+    assert_eq!(study["basedOn"][0]["reference"], format!("ServiceRequest/{}", a["id"].as_str().unwrap()));
+    validate_fhir(&[study, a["fhir"].clone()]);
 
     let run = |connector: String, body: Value| {
         let app = &app;
