@@ -15,6 +15,7 @@ The text is decoded by MSH-18 (empty: UTF-8, else Latin-1 if that fails); "raw" 
 text exactly as received (segment separators untouched).
 """
 import argparse
+import ssl
 import asyncio
 import json
 import os
@@ -106,10 +107,16 @@ async def main():
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--nak-first", type=int, default=0)
     parser.add_argument("--record")
+    parser.add_argument("--tls-cert", help="PEM certificate chain: serve MLLP over TLS")
+    parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
     args = parser.parse_args()
 
+    tls = None
+    if args.tls_cert:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(args.tls_cert, args.tls_key)
     ris = Ris(args.nak_first, args.record)
-    server = await hl7.mllp.start_hl7_server(ris.on_connection, "127.0.0.1", args.port, limit=16 * 1024 * 1024)
+    server = await hl7.mllp.start_hl7_server(ris.on_connection, "127.0.0.1", args.port, limit=16 * 1024 * 1024, ssl=tls)
     print("LISTENING %d" % server.sockets[0].getsockname()[1], flush=True)
 
     stop = asyncio.Event()

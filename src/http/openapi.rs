@@ -420,7 +420,9 @@ fn components() -> Value {
                 "ack_timeout_ms": {"type": "integer", "minimum": 100, "maximum": 600000, "default": 10000},
                 "retry": {"type": "object", "properties": {"initial_ms": {"type": "integer", "default": 1000}, "max_ms": {"type": "integer", "default": 60000},
                     "max_attempts": {"type": "integer", "default": 5, "description": "For AR answers; an unreachable destination is retried for ever"}}},
-                "tls": {"type": "object", "description": "Not supported by this version (only {\"enabled\": false})"},
+                "tls": {"type": "object", "description": "MLLP over TLS to the destination", "properties": {
+                    "enabled": {"type": "boolean"}, "ca_pem": {"type": "string", "description": "PEM certificates trusted besides the public roots"},
+                    "server_name": {"type": "string", "description": "Name checked in the certificate (default: host)"}}},
                 "events": {"type": "array", "items": {"type": "string", "enum": crate::interop::hl7::connectors::EVENTS}},
                 "active": {"type": "boolean", "default": true}}},
             "Hl7Connector": {"type": "object", "description": "The input fields of its direction, with id, created_at, updated_at"},

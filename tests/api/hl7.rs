@@ -561,3 +561,73 @@ OBX|1|TX|19005-8^Impression^LN|1|IMPRESSION: Normal.||||||F\r"
     assert!(announced["type"].as_str().unwrap().starts_with("ORM^O01"), "{announced}");
     assert!(raw.contains("\rORC|SC|") && raw.contains("|RTC-1|"), "{raw}");
 }
+
+/// A CA and a server certificate for localhost/127.0.0.1, made with the openssl CLI.
+fn test_certificates(dir: &std::path::Path) -> (String, std::path::PathBuf, std::path::PathBuf) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl runs");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").unwrap();
+    run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=radiology test CA", "-days", "2"]);
+    run(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "ris.key", "-out", "ris.csr", "-subj", "/CN=localhost"]);
+    run(&["x509", "-req", "-in", "ris.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "ris.pem", "-days", "2", "-extfile", "san.ext"]);
+    (std::fs::read_to_string(dir.join("ca.pem")).unwrap(), dir.join("ris.pem"), dir.join("ris.key"))
+}
+
+#[tokio::test]
+async fn outbound_mllp_over_tls_checks_the_ris_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_certificates(dir.path());
+    let record = dir.path().join("received.ndjson");
+    let Some(python) = crate::helpers::peer_env("RADIOLOGY_TEST_HL7_PYTHON", "python-hl7 (the RIS peer)") else { return };
+    let mut child = std::process::Command::new(python)
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hl7_ris.py"))
+        .args(["--port", "0", "--record"])
+        .arg(&record)
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut line).unwrap();
+    let port: u16 = line.trim().strip_prefix("LISTENING ").unwrap().parse().unwrap();
+    let app = TestApp::spawn().await;
+    let connector = |name: &str, tls: Value| json!({"direction": "outbound", "name": name, "host": "127.0.0.1", "port": port,
+        "ack_timeout_ms": 5000, "events": ["report_final"], "tls": tls});
+    let run = |id: String| {
+        let app = &app;
+        async move {
+            let r = app.post(&format!("{CONNECTORS}/{id}/round-trip"), &app.admin(), &json!({})).await;
+            assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+            let location = r.header("location").unwrap().to_string();
+            let mut result = Value::Null;
+            wait_for("the round-trip run", Duration::from_secs(30), async || {
+                result = get(app, &location).await;
+                result["status"] != "running"
+            })
+            .await;
+            result["result"]["test_order"].clone()
+        }
+    };
+    // Trusting the test CA: the test order goes over TLS and is acknowledged.
+    let r = app.post(CONNECTORS, &app.admin(), &connector("RIS tls", json!({"enabled": true, "ca_pem": ca, "server_name": "localhost"}))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let sent = run(r.json()["id"].as_str().unwrap().to_string()).await;
+    assert_eq!(sent["accepted"], true, "{sent}");
+    assert!(std::fs::read_to_string(&record).unwrap().contains("ROUNDTRIP^TEST"));
+    // Without the CA, the RIS's certificate is not trusted: nothing is sent.
+    let r = app.post(CONNECTORS, &app.admin(), &connector("RIS untrusted", json!({"enabled": true}))).await;
+    let refused = run(r.json()["id"].as_str().unwrap().to_string()).await;
+    assert_eq!(refused["accepted"], false, "{refused}");
+    assert!(refused["error"].as_str().unwrap().contains("TLS"), "{refused}");
+    // A bad TLS block names its field.
+    let r = app.post(CONNECTORS, &app.admin(), &connector("bad", json!({"enabled": true, "ca_pem": "not a certificate"}))).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(r.text.contains("tls.ca_pem"), "{}", r.text);
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -226,13 +226,9 @@ pub fn validate(body: &Map<String, Value>, row: &mut ConnectorRow) -> Result<(),
             row.retry = Some(Json(retry));
             row.tls = match body.get("tls") {
                 None | Some(Value::Null) => None,
-                Some(Value::Object(t)) if t.get("enabled") == Some(&Value::Bool(false)) && t.len() == 1 => None,
-                Some(Value::Object(_)) => {
-                    errors.push(FieldError::new("tls", "MLLP over TLS is not supported by this version; put a TLS tunnel (stunnel) in front of the RIS port"));
-                    None
-                }
+                Some(Value::Object(t)) => tls_field(t, &mut errors).map(Json),
                 Some(_) => {
-                    errors.push(FieldError::new("tls", "must be an object"));
+                    errors.push(FieldError::new("tls", "must be an object {enabled, ca_pem?, server_name?}"));
                     None
                 }
             };
@@ -257,6 +253,40 @@ pub fn validate(body: &Map<String, Value>, row: &mut ConnectorRow) -> Result<(),
     } else {
         Err(errors)
     }
+}
+
+/// MLLP over TLS to a destination: `{"enabled": true, "ca_pem"?: "<PEM certificates the
+/// RIS's certificate chains to, besides the public roots>", "server_name"?: "<name in its
+/// certificate; default the host>"}`. `{"enabled": false}` is plain TCP.
+fn tls_field(t: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Option<Value> {
+    for key in t.keys() {
+        if !["enabled", "ca_pem", "server_name"].contains(&key.as_str()) {
+            errors.push(FieldError::new(format!("tls.{key}"), "unknown; allowed: enabled, ca_pem, server_name"));
+        }
+    }
+    let enabled = match t.get("enabled") {
+        Some(Value::Bool(b)) => *b,
+        _ => {
+            errors.push(FieldError::new("tls.enabled", "is required: true or false"));
+            return None;
+        }
+    };
+    if !enabled {
+        return None;
+    }
+    if let Some(pem) = t.get("ca_pem") {
+        match pem.as_str() {
+            Some(p) if !super::outbound::pem_certificates(p).is_empty() => {}
+            _ => errors.push(FieldError::new("tls.ca_pem", "must hold at least one PEM certificate (-----BEGIN CERTIFICATE-----)")),
+        }
+    }
+    if let Some(name) = t.get("server_name") {
+        let ok = name.as_str().is_some_and(|n| tokio_rustls::rustls::pki_types::ServerName::try_from(n.to_string()).is_ok());
+        if !ok {
+            errors.push(FieldError::new("tls.server_name", "must be a DNS name or IP address"));
+        }
+    }
+    Some(Value::Object(t.clone()))
 }
 
 /// The stored connector as a request body (for a patch merged over it).

@@ -157,10 +157,45 @@ async fn deliver_destination(service: &Hl7Service, connector: ConnectorRow, stop
     }
 }
 
+/// A connection to a destination: plain TCP or TLS.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
 /// An open MLLP connection to a destination, with what it has sent us so far.
 pub struct Link {
-    socket: TcpStream,
+    socket: Box<dyn Stream>,
     decoder: Decoder,
+}
+
+/// The certificates of a PEM text.
+pub fn pem_certificates(pem: &str) -> Vec<tokio_rustls::rustls::pki_types::CertificateDer<'static>> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    tokio_rustls::rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()).filter_map(Result::ok).collect()
+}
+
+/// Wraps a TCP connection in TLS as the connector's `tls` says (public roots plus its
+/// `ca_pem`; the name checked is `server_name`, else the host).
+async fn tls_wrap(socket: TcpStream, connector: &ConnectorRow, tls: &serde_json::Value) -> Result<Box<dyn Stream>, SendError> {
+    use tokio_rustls::rustls::{self, pki_types::ServerName};
+    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    if let Some(pem) = tls.get("ca_pem").and_then(|v| v.as_str()) {
+        for cert in pem_certificates(pem) {
+            roots.add(cert).map_err(|e| SendError::Tls(format!("ca_pem: {e}")))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| SendError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = tls.get("server_name").and_then(|v| v.as_str()).or(connector.host.as_deref()).unwrap_or("").to_string();
+    let name = ServerName::try_from(name.clone()).map_err(|_| SendError::Tls(format!("{name:?} is not a server name")))?;
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, socket)
+        .await
+        .map_err(|e| SendError::Tls(format!("handshake: {e}")))?;
+    Ok(Box::new(stream))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -173,6 +208,8 @@ pub enum SendError {
     Timeout(String, u128),
     #[error("the destination closed the connection before acknowledging {0}")]
     Closed(String),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// Sends one message and waits for the ACK whose MSA-2 is its control id. Returns
@@ -186,6 +223,12 @@ pub async fn send(link: &mut Option<Link>, connector: &ConnectorRow, control_id:
             .map_err(|_| SendError::Connect(addr.clone(), std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")))?
             .map_err(|e| SendError::Connect(addr.clone(), e))?;
         let _ = socket.set_nodelay(true);
+        let socket: Box<dyn Stream> = match connector.tls.as_ref().map(|t| &t.0).filter(|t| t.get("enabled") == Some(&serde_json::Value::Bool(true))) {
+            Some(tls) => tokio::time::timeout(timeout, tls_wrap(socket, connector, tls))
+                .await
+                .map_err(|_| SendError::Tls("handshake timed out".into()))??,
+            None => Box::new(socket),
+        };
         *link = Some(Link { socket, decoder: Decoder::new(16 * 1024 * 1024) });
     }
     let l = link.as_mut().expect("connected");
