@@ -495,7 +495,7 @@ impl SyncService {
             };
             let store = async {
                 match pending.take() {
-                    Some(items) => self.store_items(tenant, &endpoint, items).await.map(Some),
+                    Some(items) => self.store_items(tenant, &endpoint, items, progress.phase == Phase::Incremental).await.map(Some),
                     None => Ok(None),
                 }
             };
@@ -619,7 +619,9 @@ impl SyncService {
     }
 
     /// Maps and upserts a window's studies; returns what was seen and skipped.
-    async fn store_items(&self, tenant: TenantId, endpoint: &EndpointRow, items: Vec<DicomObject>) -> Result<Counts, RunError> {
+    /// `announce`: new arrivals (an incremental poll), announced to subscribed HL7
+    /// destinations; a backfill is history and is not.
+    async fn store_items(&self, tenant: TenantId, endpoint: &EndpointRow, items: Vec<DicomObject>, announce: bool) -> Result<Counts, RunError> {
         let mut counts = Counts::default();
         let wado = endpoint.wado_url.as_deref().unwrap_or(&endpoint.qido_url).to_string();
         let mut upserts = Vec::with_capacity(items.len());
@@ -638,15 +640,18 @@ impl SyncService {
         }
         // A study that is (now) available is announced to subscribed HL7 destinations,
         // queued in the same transaction as the study.
-        let announce = |outcomes: &[crate::db::sql::UpsertOutcome]| {
-            let changed: Vec<uuid::Uuid> =
-                outcomes.iter().filter(|o| !matches!(o, crate::db::sql::UpsertOutcome::Unchanged(_))).map(|o| o.id()).collect();
+        let queue_events = |outcomes: &[crate::db::sql::UpsertOutcome]| {
+            let changed: Vec<uuid::Uuid> = outcomes
+                .iter()
+                .filter(|o| announce && !matches!(o, crate::db::sql::UpsertOutcome::Unchanged(_)))
+                .map(|o| o.id())
+                .collect();
             crate::interop::hl7::store::enqueue_event(tenant, "study_available", "ImagingStudy", "imaging_studies", &changed, true, "AND r.status = 'available'")
                 .into_iter()
                 .collect()
         };
         self.studies
-            .upsert_batch(tenant, &upserts, Some(crate::db::sql::AfterWrite { followups: &announce, gate: None }))
+            .upsert_batch(tenant, &upserts, Some(crate::db::sql::AfterWrite { followups: &queue_events, gate: None }))
             .await
             .map_err(|e| RunError::Failed(format!("storing studies: {e}")))?;
         Ok(counts)
