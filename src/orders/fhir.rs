@@ -83,7 +83,9 @@ pub fn codeable(c: &Code) -> Value {
     cc
 }
 
-fn number(kind: &str, value: &str, namespace: Option<&str>) -> Value {
+/// An order number as a FHIR identifier: `kind` is its v2-0203 type (PLAC, FILL); the
+/// system carries the HL7 namespace.
+pub fn number(kind: &str, value: &str, namespace: Option<&str>) -> Value {
     let system = match namespace {
         Some(ns) => format!("{ORDER_NUMBER_SYSTEM}:{}", ns.replace(|c: char| c.is_whitespace(), "_")),
         None => ORDER_NUMBER_SYSTEM.to_string(),
@@ -92,7 +94,8 @@ fn number(kind: &str, value: &str, namespace: Option<&str>) -> Value {
 }
 
 /// The ServiceRequest an order state renders to (without `id` and `meta`).
-pub fn service_request(s: &OrderState) -> Value {
+pub fn service_request(state: &OrderState) -> Value {
+    let s = &state.fields;
     let mut r = Map::new();
     r.insert("resourceType".into(), json!("ServiceRequest"));
     let mut identifiers = Vec::new();
@@ -111,7 +114,7 @@ pub fn service_request(s: &OrderState) -> Value {
     if !identifiers.is_empty() {
         r.insert("identifier".into(), Value::Array(identifiers));
     }
-    r.insert("status".into(), json!(s.status));
+    r.insert("status".into(), json!(state.status));
     r.insert("intent".into(), json!("order"));
     r.insert("category".into(), json!([{"coding": [{"system": "http://snomed.info/sct", "code": "363679005", "display": "Imaging"}]}]));
     if let Some(p) = &s.priority {
@@ -299,14 +302,16 @@ mod tests {
         let s = OrderState {
             status: "active".into(),
             order_control: "NW".into(),
-            placer_number: Some("PL-1".into()),
-            placer_namespace: Some("RIS".into()),
-            accession_number: Some("ACC-1".into()),
-            patient_id: Some("MRN1".into()),
-            study_uid: Some("1.2.3".into()),
-            procedure: Some(Code { code: "71020".into(), display: Some("CHEST".into()), system: Some("C4".into()) }),
-            priority: Some("stat".into()),
-            ..OrderState::default()
+            fields: crate::orders::OrderFields {
+                placer_number: Some("PL-1".into()),
+                placer_namespace: Some("RIS".into()),
+                accession_number: Some("ACC-1".into()),
+                patient_id: Some("MRN1".into()),
+                study_uid: Some("1.2.3".into()),
+                procedure: Some(Code { code: "71020".into(), display: Some("CHEST".into()), system: Some("C4".into()) }),
+                priority: Some("stat".into()),
+                ..Default::default()
+            },
         };
         let r = service_request(&s);
         assert_eq!(r["intent"], "order");

@@ -20,7 +20,7 @@
 
 use chrono::FixedOffset;
 
-use super::{Code, OrderUpsert, Provider, CONTROLS};
+use super::{Code, OrderFields, OrderUpsert, Provider, CONTROLS};
 use crate::interop::hl7::ack::AckError;
 use crate::interop::hl7::message::{parse_ts, Message, Segment};
 use crate::studies::mapping::is_valid_uid;
@@ -28,6 +28,11 @@ use crate::studies::mapping::is_valid_uid;
 /// What went wrong with a message, for its ACK: the field and an HL7 table 0357 code.
 pub fn error(segment: &str, sequence: usize, field: usize, code: u16, text: impl Into<String>) -> AckError {
     AckError { segment: segment.into(), sequence, field, component: 0, code, text: text.into() }
+}
+
+/// The business key of an order: `placer:<namespace>|<id>` (or `filler:…`).
+pub fn order_key(kind: &str, id: &str, namespace: Option<&str>) -> String {
+    format!("{kind}:{}|{id}", namespace.unwrap_or("").replace('|', "%7C"))
 }
 
 /// An EI (entity identifier): (id, namespace).
@@ -116,8 +121,8 @@ pub fn orders(m: &Message, offset: FixedOffset) -> Result<Vec<OrderUpsert>, AckE
         let placer = ei(m, orc, 2).or_else(|| ei(m, obr, 2));
         let filler = ei(m, orc, 3).or_else(|| ei(m, obr, 3));
         let business_key = match (&placer, &filler) {
-            (Some((id, ns)), _) => format!("placer:{}|{id}", ns.as_deref().unwrap_or("").replace('|', "%7C")),
-            (None, Some((id, ns))) => format!("filler:{}|{id}", ns.as_deref().unwrap_or("").replace('|', "%7C")),
+            (Some((id, ns)), _) => order_key("placer", id, ns.as_deref()),
+            (None, Some((id, ns))) => order_key("filler", id, ns.as_deref()),
             (None, None) => return Err(error("ORC", seq, 2, 101, "ORC-2 (placer order number) or ORC-3 (filler order number) is required")),
         };
         let ts = |seg: &Segment, field: usize, comp: usize, label: &str| -> Result<Option<chrono::DateTime<chrono::Utc>>, AckError> {
@@ -149,25 +154,27 @@ pub fn orders(m: &Message, offset: FixedOffset) -> Result<Vec<OrderUpsert>, AckE
         out.push(OrderUpsert {
             business_key,
             control,
-            order_status: m.value_in(orc, 5, 1),
-            placer_number: placer.as_ref().map(|p| p.0.clone()),
-            placer_namespace: placer.and_then(|p| p.1),
-            filler_number: filler.as_ref().map(|p| p.0.clone()),
-            filler_namespace: filler.and_then(|p| p.1),
-            accession_number: ipc.and_then(|i| m.value_in(i, 1, 1)).or_else(|| m.value_in(obr, 18, 1)),
-            patient_id: patient_id.clone(),
-            patient_name: patient_name.clone(),
-            requested_procedure_id: ipc.and_then(|i| m.value_in(i, 2, 1)).or_else(|| m.value_in(obr, 19, 1)),
-            procedure: code(m, obr, 44).or_else(|| code(m, obr, 4)),
-            modality: ipc.and_then(|i| m.value_in(i, 5, 1)).or_else(|| m.value_in(obr, 24, 1)),
-            priority,
-            ordering_provider: provider(m, orc, 12).or_else(|| provider(m, obr, 16)),
-            scheduled_at,
-            authored_at: ts(orc, 9, 1, "ORC-9 (date/time of transaction)")?,
-            study_uid,
-            reason: code(m, obr, 31),
-            clinical_info: m.value_in(obr, 13, 1),
-            facility_id: None,
+            fields: OrderFields {
+                order_status: m.value_in(orc, 5, 1),
+                placer_number: placer.as_ref().map(|p| p.0.clone()),
+                placer_namespace: placer.and_then(|p| p.1),
+                filler_number: filler.as_ref().map(|p| p.0.clone()),
+                filler_namespace: filler.and_then(|p| p.1),
+                accession_number: ipc.and_then(|i| m.value_in(i, 1, 1)).or_else(|| m.value_in(obr, 18, 1)),
+                patient_id: patient_id.clone(),
+                patient_name: patient_name.clone(),
+                requested_procedure_id: ipc.and_then(|i| m.value_in(i, 2, 1)).or_else(|| m.value_in(obr, 19, 1)),
+                procedure: code(m, obr, 44).or_else(|| code(m, obr, 4)),
+                modality: ipc.and_then(|i| m.value_in(i, 5, 1)).or_else(|| m.value_in(obr, 24, 1)),
+                priority,
+                ordering_provider: provider(m, orc, 12).or_else(|| provider(m, obr, 16)),
+                scheduled_at,
+                authored_at: ts(orc, 9, 1, "ORC-9 (date/time of transaction)")?,
+                study_uid,
+                reason: code(m, obr, 31),
+                clinical_info: m.value_in(obr, 13, 1),
+                facility_id: None,
+            },
         });
     }
     Ok(out)
@@ -190,9 +197,10 @@ ZDS|1.2.3.4.5^RIS^Application^DICOM\r";
     #[test]
     fn an_orm_maps_every_field() {
         let m = Message::parse(ORM.as_bytes()).unwrap();
-        let o = orders(&m, utc()).unwrap().remove(0);
-        assert_eq!(o.business_key, "placer:RIS|PL-1");
-        assert_eq!(o.control, "NW");
+        let u = orders(&m, utc()).unwrap().remove(0);
+        let o = &u.fields;
+        assert_eq!(u.business_key, "placer:RIS|PL-1");
+        assert_eq!(u.control, "NW");
         assert_eq!(o.order_status.as_deref(), Some("SC"));
         assert_eq!(o.filler_number.as_deref(), Some("FL-1"));
         assert_eq!(o.patient_id.as_deref(), Some("MRN1"));
@@ -207,7 +215,7 @@ ZDS|1.2.3.4.5^RIS^Application^DICOM\r";
         assert_eq!(o.ordering_provider.as_ref().unwrap().name.as_deref(), Some("Greg House"));
         assert_eq!(o.study_uid.as_deref(), Some("1.2.3.4.5"));
         assert_eq!(o.clinical_info.as_deref(), Some("Cough|fever"));
-        let s = o.apply(None);
+        let s = u.apply(None);
         assert_eq!(s.status, "active");
     }
 
@@ -219,7 +227,8 @@ ORC|NW|PL-2||||||||||\r\
 TQ1|1||||||20261207080000||A\r\
 OBR|1|PL-2||CT^CT HEAD^L||||||||||||||ACC-OLD||||||MR||||||||||||||||||||IMG1^CT head^LOCAL\r\
 IPC|ACC-2|RP-2|1.2.840.5|SPS-1|CT\r";
-        let o = orders(&Message::parse(omi.as_bytes()).unwrap(), utc()).unwrap().remove(0);
+        let u = orders(&Message::parse(omi.as_bytes()).unwrap(), utc()).unwrap().remove(0);
+        let o = &u.fields;
         assert_eq!(o.accession_number.as_deref(), Some("ACC-2"));
         assert_eq!(o.requested_procedure_id.as_deref(), Some("RP-2"));
         assert_eq!(o.study_uid.as_deref(), Some("1.2.840.5"));
@@ -227,7 +236,7 @@ IPC|ACC-2|RP-2|1.2.840.5|SPS-1|CT\r";
         assert_eq!(o.priority.as_deref(), Some("asap"));
         assert_eq!(o.procedure.as_ref().unwrap().code, "IMG1");
         assert_eq!(o.scheduled_at.unwrap().to_rfc3339(), "2026-12-07T08:00:00+00:00");
-        assert_eq!(o.business_key, "placer:|PL-2");
+        assert_eq!(u.business_key, "placer:|PL-2");
     }
 
     #[test]
@@ -235,14 +244,14 @@ IPC|ACC-2|RP-2|1.2.840.5|SPS-1|CT\r";
         let m = Message::parse(ORM.as_bytes()).unwrap();
         let nw = orders(&m, utc()).unwrap().remove(0);
         let created = nw.apply(None);
-        let mut xo = OrderUpsert { control: "XO".into(), modality: Some("DX".into()), ..OrderUpsert::default() };
+        let mut xo = OrderUpsert { control: "XO".into(), fields: OrderFields { modality: Some("DX".into()), ..OrderFields::default() }, ..OrderUpsert::default() };
         let updated = xo.apply(Some(&created));
-        assert_eq!((updated.status.as_str(), updated.modality.as_deref(), updated.accession_number.as_deref()), ("active", Some("DX"), Some("ACC-1")));
+        assert_eq!((updated.status.as_str(), updated.fields.modality.as_deref(), updated.fields.accession_number.as_deref()), ("active", Some("DX"), Some("ACC-1")));
         xo.control = "CA".into();
         assert_eq!(xo.apply(Some(&updated)).status, "revoked");
-        let sc = OrderUpsert { control: "SC".into(), order_status: Some("CM".into()), ..OrderUpsert::default() };
+        let sc = OrderUpsert { control: "SC".into(), fields: OrderFields { order_status: Some("CM".into()), ..OrderFields::default() }, ..OrderUpsert::default() };
         assert_eq!(sc.apply(Some(&updated)).status, "completed");
-        let sc = OrderUpsert { control: "SC".into(), order_status: Some("IP".into()), ..OrderUpsert::default() };
+        let sc = OrderUpsert { control: "SC".into(), fields: OrderFields { order_status: Some("IP".into()), ..OrderFields::default() }, ..OrderUpsert::default() };
         assert_eq!(sc.apply(Some(&updated)).status, "active");
     }
 

@@ -29,12 +29,9 @@ pub struct Code {
     pub system: Option<String>,
 }
 
-/// What an order message says about one order. `None` keeps the stored value.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct OrderUpsert {
-    pub business_key: String,
-    /// ORC-1: NW, XO, CA, DC, SC (and OC/OD/HD/RL for order-control messages).
-    pub control: String,
+/// What is known of an order; in a message, `None` keeps the stored value.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OrderFields {
     /// ORC-5 (HL7 table 0038).
     pub order_status: Option<String>,
     pub placer_number: Option<String>,
@@ -60,6 +57,27 @@ pub struct OrderUpsert {
     pub facility_id: Option<Uuid>,
 }
 
+impl OrderFields {
+    /// Takes every value `newer` gives.
+    fn overlay(&mut self, newer: &OrderFields) {
+        macro_rules! take {
+            ($($f:ident),*) => { $( if newer.$f.is_some() { self.$f = newer.$f.clone(); } )* };
+        }
+        take!(order_status, placer_number, placer_namespace, filler_number, filler_namespace, accession_number, patient_id, patient_name,
+              requested_procedure_id, procedure, modality, priority, ordering_provider, scheduled_at, authored_at, study_uid, reason, clinical_info,
+              facility_id);
+    }
+}
+
+/// What an order message says about one order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OrderUpsert {
+    pub business_key: String,
+    /// ORC-1: NW, XO, CA, DC, SC (and OC/OD/HD/RL for order-control messages).
+    pub control: String,
+    pub fields: OrderFields,
+}
+
 /// An ordering provider (XCN): id and name.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Provider {
@@ -72,25 +90,8 @@ pub struct Provider {
 pub struct OrderState {
     pub status: String,
     pub order_control: String,
-    pub order_status: Option<String>,
-    pub placer_number: Option<String>,
-    pub placer_namespace: Option<String>,
-    pub filler_number: Option<String>,
-    pub filler_namespace: Option<String>,
-    pub accession_number: Option<String>,
-    pub patient_id: Option<String>,
-    pub patient_name: Option<String>,
-    pub requested_procedure_id: Option<String>,
-    pub procedure: Option<Code>,
-    pub modality: Option<String>,
-    pub priority: Option<String>,
-    pub ordering_provider: Option<Provider>,
-    pub scheduled_at: Option<DateTime<Utc>>,
-    pub authored_at: Option<DateTime<Utc>>,
-    pub study_uid: Option<String>,
-    pub reason: Option<Code>,
-    pub clinical_info: Option<String>,
-    pub facility_id: Option<Uuid>,
+    #[serde(flatten)]
+    pub fields: OrderFields,
 }
 
 /// The ServiceRequest status an ORC-5 order status (HL7 table 0038) means.
@@ -114,14 +115,9 @@ impl OrderUpsert {
     /// every value this message gives, and the status its order control implies.
     pub fn apply(&self, before: Option<&OrderState>) -> OrderState {
         let mut s = before.cloned().unwrap_or_else(|| OrderState { status: "active".into(), ..OrderState::default() });
-        macro_rules! take {
-            ($($f:ident),*) => { $( if self.$f.is_some() { s.$f = self.$f.clone(); } )* };
-        }
-        take!(order_status, placer_number, placer_namespace, filler_number, filler_namespace, accession_number, patient_id, patient_name,
-              requested_procedure_id, procedure, modality, priority, ordering_provider, scheduled_at, authored_at, study_uid, reason, clinical_info,
-              facility_id);
+        s.fields.overlay(&self.fields);
         s.order_control = self.control.clone();
-        let from_orc5 = self.order_status.as_deref().and_then(status_of_order_status);
+        let from_orc5 = self.fields.order_status.as_deref().and_then(status_of_order_status);
         s.status = match self.control.as_str() {
             // A new order, or a re-order of a cancelled one.
             "NW" => from_orc5.filter(|st| *st != "revoked").unwrap_or("active").to_string(),

@@ -188,14 +188,15 @@ impl SqlOrderStore {
 
 /// The column values of a state, in [`COLUMN_TYPES`] order from `placer_number` to
 /// `facility_id`.
-fn state_columns(s: &OrderState) -> Vec<Arg> {
+fn state_columns(state: &OrderState) -> Vec<Arg> {
+    let s = &state.fields;
     vec![
         Arg::OptText(s.placer_number.clone()),
         Arg::OptText(s.filler_number.clone()),
         Arg::OptText(s.accession_number.clone()),
         Arg::OptText(s.patient_id.clone()),
-        Arg::Text(s.status.clone()),
-        Arg::Text(s.order_control.clone()),
+        Arg::Text(state.status.clone()),
+        Arg::Text(state.order_control.clone()),
         Arg::OptText(s.order_status.clone()),
         Arg::OptText(s.requested_procedure_id.clone()),
         Arg::OptText(s.procedure.as_ref().map(|c| c.code.clone())),

@@ -23,9 +23,9 @@ use serde_json::{json, Map, Value};
 
 use crate::interop::hl7::ack::AckError;
 use crate::interop::hl7::message::{parse_ts, Message, Segment};
-use crate::orders::fhir::{codeable, ORDER_NUMBER_SYSTEM};
-use crate::orders::from_hl7::{code, error, patient, person_name};
-use crate::studies::mapping::{is_valid_uid, DICOM_UID_SYSTEM, V2_0203};
+use crate::orders::fhir::{codeable, number};
+use crate::orders::from_hl7::{code, error, order_key, patient, person_name};
+use crate::studies::mapping::{is_valid_uid, DICOM_UID_SYSTEM};
 
 /// What one OBR of an ORU says, before it is linked to its order.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,14 +69,6 @@ fn status(obr25: Option<&str>, obx11: Option<&str>) -> Option<&'static str> {
     })
 }
 
-fn number(kind: &str, value: &str, namespace: Option<&str>) -> Value {
-    let system = match namespace {
-        Some(ns) => format!("{ORDER_NUMBER_SYSTEM}:{}", ns.replace(|c: char| c.is_whitespace(), "_")),
-        None => ORDER_NUMBER_SYSTEM.to_string(),
-    };
-    json!({"type": {"coding": [{"system": V2_0203, "code": kind}]}, "system": system, "value": value})
-}
-
 /// Reads every report of an ORU^R01; the first problem found is the ACK's error.
 pub fn results(m: &Message, offset: FixedOffset) -> Result<Vec<ResultReport>, AckError> {
     let (patient_id, patient_name) = patient(m);
@@ -111,10 +103,10 @@ pub fn results(m: &Message, offset: FixedOffset) -> Result<Vec<ResultReport>, Ac
         let filler = ei(orc, 3).or_else(|| ei(Some(obr), 3));
         let mut order_keys = Vec::new();
         if let Some((id, ns)) = &placer {
-            order_keys.push(format!("placer:{}|{id}", ns.as_deref().unwrap_or("").replace('|', "%7C")));
+            order_keys.push(order_key("placer", id, ns.as_deref()));
         }
         if let Some((id, ns)) = &filler {
-            order_keys.push(format!("filler:{}|{id}", ns.as_deref().unwrap_or("").replace('|', "%7C")));
+            order_keys.push(order_key("filler", id, ns.as_deref()));
         }
         let identifier = match (&filler, &placer) {
             (Some((id, ns)), _) => number("FILL", id, ns.as_deref()),

@@ -208,7 +208,7 @@ impl Hl7Service {
             (Some("ORM"), Some("O01")) | (Some("OMI"), Some("O23")) => match crate::orders::from_hl7::orders(&message, offset) {
                 Ok(mut orders) => {
                     for o in &mut orders {
-                        o.facility_id = connector.facility_id;
+                        o.fields.facility_id = connector.facility_id;
                     }
                     Work::Orders(orders)
                 }

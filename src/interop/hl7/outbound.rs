@@ -304,6 +304,13 @@ impl Builder {
         self
     }
 
+    /// [`Builder::segment`] with owned fields (field n at index n - 1).
+    pub fn segment_owned(&mut self, id: &str, fields: &[Vec<String>]) -> &mut Self {
+        let fields: Vec<Vec<&str>> = fields.iter().map(|f| f.iter().map(String::as_str).collect()).collect();
+        let fields: Vec<&[&str]> = fields.iter().map(Vec::as_slice).collect();
+        self.segment(id, &fields)
+    }
+
     pub fn finish(self) -> Vec<u8> {
         self.out.into_bytes()
     }
@@ -377,9 +384,7 @@ pub fn study_available(study: &crate::studies::store::StudyRow, order: Option<&c
     obr[6] = vec![started];
     obr[17] = vec![accession];
     obr[23] = vec![modality];
-    let obr: Vec<Vec<&str>> = obr.iter().map(|f| f.iter().map(String::as_str).collect()).collect();
-    let obr: Vec<&[&str]> = obr.iter().map(Vec::as_slice).collect();
-    b.segment("OBR", &obr);
+    b.segment_owned("OBR", &obr);
     b.segment("ZDS", &[&[&study.pacs_study_uid, "RADIOLOGY", "Application", "DICOM"]]);
     b.finish()
 }
@@ -415,9 +420,7 @@ pub fn report_final(report: &serde_json::Value, status: &str, critical: bool, or
     obr[6] = vec![effective];
     obr[17] = vec![accession];
     obr[24] = vec![result_status.into()];
-    let obr: Vec<Vec<&str>> = obr.iter().map(|f| f.iter().map(String::as_str).collect()).collect();
-    let obr: Vec<&[&str]> = obr.iter().map(Vec::as_slice).collect();
-    b.segment("OBR", &obr);
+    b.segment_owned("OBR", &obr);
     if let Some(uid) = report.pointer("/imagingStudy/0/identifier/value").and_then(|v| v.as_str()) {
         b.segment("ZDS", &[&[uid.trim_start_matches("urn:oid:"), "RADIOLOGY", "Application", "DICOM"]]);
     }
