@@ -93,6 +93,28 @@ pub fn number(kind: &str, value: &str, namespace: Option<&str>) -> Value {
     json!({"type": {"coding": [{"system": V2_0203, "code": kind}]}, "system": system, "value": value})
 }
 
+/// The subject of a resource made from HL7: `Patient/<PID-3>` when the identifier is a
+/// FHIR id, else a logical reference by identifier (an MRN may hold `_`, `/`, spaces…).
+pub fn patient_reference(id: Option<&str>, name: Option<&str>) -> Value {
+    let mut subject = Map::new();
+    match id {
+        Some(id) if crate::interop::fhir::resource::is_id(id) => {
+            subject.insert("reference".into(), json!(format!("Patient/{id}")));
+        }
+        Some(id) => {
+            subject.insert("type".into(), json!("Patient"));
+            subject.insert("identifier".into(), json!({"value": id}));
+        }
+        None => {}
+    }
+    match name {
+        Some(n) => subject.insert("display".into(), json!(n)),
+        None if id.is_none() => subject.insert("display".into(), json!("unknown patient")),
+        None => None,
+    };
+    Value::Object(subject)
+}
+
 /// The ServiceRequest an order state renders to (without `id` and `meta`).
 pub fn service_request(state: &OrderState) -> Value {
     let s = &state.fields;
@@ -126,17 +148,7 @@ pub fn service_request(state: &OrderState) -> Value {
     if let Some(m) = &s.modality {
         r.insert("orderDetail".into(), json!([{"coding": [{"system": DCM_SYSTEM, "code": m}]}]));
     }
-    let mut subject = Map::new();
-    if let Some(p) = &s.patient_id {
-        subject.insert("reference".into(), json!(format!("Patient/{p}")));
-    }
-    if let Some(n) = &s.patient_name {
-        subject.insert("display".into(), json!(n));
-    }
-    if subject.is_empty() {
-        subject.insert("display".into(), json!("unknown patient"));
-    }
-    r.insert("subject".into(), Value::Object(subject));
+    r.insert("subject".into(), patient_reference(s.patient_id.as_deref(), s.patient_name.as_deref()));
     if let Some(t) = s.scheduled_at {
         r.insert("occurrenceDateTime".into(), json!(t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)));
     }

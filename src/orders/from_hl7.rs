@@ -86,8 +86,10 @@ pub fn orders(m: &Message, offset: FixedOffset) -> Result<Vec<OrderUpsert>, AckE
     if m.segments("PID").next().is_none() {
         return Err(error("PID", 1, 0, 100, "the message has no PID segment"));
     }
-    if patient_id.is_none() {
-        return Err(error("PID", 1, 3, 101, "PID-3 (patient identifier) is required"));
+    match &patient_id {
+        None => return Err(error("PID", 1, 3, 101, "PID-3 (patient identifier) is required")),
+        Some(id) if id.chars().any(char::is_control) => return Err(error("PID", 1, 3, 102, "PID-3 (patient identifier) holds control characters")),
+        Some(_) => {}
     }
     let mut groups: Vec<Vec<&Segment>> = Vec::new();
     for seg in &m.segments {

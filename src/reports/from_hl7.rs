@@ -23,7 +23,7 @@ use serde_json::{json, Map, Value};
 
 use crate::interop::hl7::ack::AckError;
 use crate::interop::hl7::message::{parse_ts, Message, Segment};
-use crate::orders::fhir::{codeable, number};
+use crate::orders::fhir::{codeable, number, patient_reference};
 use crate::orders::from_hl7::{code, error, order_key, patient, person_name};
 use crate::studies::mapping::{is_valid_uid, DICOM_UID_SYSTEM};
 
@@ -75,6 +75,9 @@ pub fn results(m: &Message, offset: FixedOffset) -> Result<Vec<ResultReport>, Ac
     let Some(patient_id) = patient_id else {
         return Err(error("PID", 1, 3, 101, "PID-3 (patient identifier) is required"));
     };
+    if patient_id.chars().any(char::is_control) {
+        return Err(error("PID", 1, 3, 102, "PID-3 (patient identifier) holds control characters"));
+    }
     // (ORC, OBR, OBX/NTE…) groups
     let mut groups: Vec<(Option<&Segment>, &Segment, Vec<&Segment>)> = Vec::new();
     let mut orc: Option<&Segment> = None;
@@ -176,11 +179,7 @@ pub fn results(m: &Message, offset: FixedOffset) -> Result<Vec<ResultReport>, Ac
             ]),
         );
         r.insert("code".into(), codeable(&code));
-        let mut subject = json!({"reference": format!("Patient/{patient_id}")});
-        if let Some(n) = &patient_name {
-            subject["display"] = json!(n);
-        }
-        r.insert("subject".into(), subject);
+        r.insert("subject".into(), patient_reference(Some(&patient_id), patient_name.as_deref()));
         if let Some(t) = effective {
             r.insert("effectiveDateTime".into(), json!(t));
         }
@@ -281,6 +280,14 @@ OBX|3|TX|19005-8^Impression^LN|2|IMPRESSION: Normal.||||||F";
         let critical = ORU.replace("IMPRESSION: Normal.|||", "IMPRESSION: Pneumothorax.|||HH");
         let r = results(&Message::parse(critical.as_bytes()).unwrap(), FixedOffset::east_opt(0).unwrap()).unwrap();
         assert!(r[0].critical);
+        // An MRN that is no FHIR id is referenced by identifier; control characters are refused.
+        let odd = ORU.replace("MRN1^^^H^MR", "MRN_1/2^^^H^MR");
+        let r = results(&Message::parse(odd.as_bytes()).unwrap(), FixedOffset::east_opt(0).unwrap()).unwrap();
+        assert_eq!(r[0].resource["subject"]["identifier"]["value"], "MRN_1/2");
+        assert_eq!(crate::reports::from_fhir::map(r[0].resource.clone()).unwrap().patient_id.as_deref(), Some("MRN_1/2"));
+        let control = ORU.replace("MRN1^^^H^MR", "M\\X01\\RN^^^H^MR");
+        let e = results(&Message::parse(control.as_bytes()).unwrap(), FixedOffset::east_opt(0).unwrap()).unwrap_err();
+        assert_eq!((e.segment.as_str(), e.field, e.code), ("PID", 3, 102));
         let no_status = ORU.replace("|CR|F|", "|CR||").replace("||||||F", "||||||");
         let e = results(&Message::parse(no_status.as_bytes()).unwrap(), FixedOffset::east_opt(0).unwrap()).unwrap_err();
         assert_eq!((e.segment.as_str(), e.field, e.code), ("OBR", 25, 101));

@@ -393,7 +393,12 @@ pub fn study_available(study: &crate::studies::store::StudyRow, order: Option<&c
 /// the report is critical.
 pub fn report_final(report: &serde_json::Value, status: &str, critical: bool, order: Option<&crate::orders::OrderRow>, control_id: &str) -> Vec<u8> {
     let mut b = Builder::new("ORU^R01^ORU_R01", control_id, "P");
-    let patient = report.pointer("/subject/reference").and_then(|v| v.as_str()).map(|r| r.trim_start_matches("Patient/").to_string()).unwrap_or_default();
+    let patient = report
+        .pointer("/subject/reference")
+        .and_then(|v| v.as_str())
+        .map(|r| r.trim_start_matches("Patient/").to_string())
+        .or_else(|| report.pointer("/subject/identifier/value").and_then(|v| v.as_str()).map(str::to_string))
+        .unwrap_or_default();
     b.segment("PID", &[&["1"], &[], &[&patient]]);
     let placer = order.and_then(|o| o.placer_number.clone()).unwrap_or_default();
     let filler = order
