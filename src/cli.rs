@@ -56,6 +56,16 @@ pub enum Command {
         #[arg(long)]
         since: Option<chrono::NaiveDate>,
     },
+    /// List HL7 messages no inbound connector claimed (unknown senders, unreadable
+    /// headers), newest last: what a RIS sends before its connector is registered.
+    Hl7Unrouted {
+        /// Only messages received on or after this date (YYYY-MM-DD).
+        #[arg(long)]
+        since: Option<chrono::NaiveDate>,
+        /// At most this many messages.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
     /// Print a bearer token signed with the key the server uses.
     Token {
         /// Tenant UUID the token acts for.
@@ -98,6 +108,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Import { tenant, resource_type, errors, inputs } => import(&config, tenant, resource_type, errors, inputs).await,
         Command::ExportStudies { endpoint, since } => export_studies(&config, endpoint, since).await,
+        Command::Hl7Unrouted { since, limit } => hl7_unrouted(&config, since, limit).await,
         Command::Token { tenant, sub, roles, ttl } => {
             let keys = TokenKeys::new(&crate::keys::jwt_key(&config)?);
             let roles: Vec<String> = roles.into_iter().map(|r| r.trim().to_string()).filter(|r| !r.is_empty()).collect();
@@ -231,5 +242,34 @@ async fn export_studies(config: &Config, endpoint: Uuid, since: Option<chrono::N
     }
     eprintln!("{n} studies exported from endpoint {endpoint} (StudyDate from {since})");
     state.db.close().await;
+    Ok(())
+}
+
+/// `radiology hl7-unrouted`: the messages kept under no tenant, one line each.
+async fn hl7_unrouted(config: &Config, since: Option<chrono::NaiveDate>, limit: i64) -> anyhow::Result<()> {
+    use crate::interop::hl7::store::{Hl7Store, MessageFilter, SqlHl7Store};
+    let db = crate::db::Db::connect(&config.database_url, 2).await?;
+    db.migrate().await?;
+    let store = SqlHl7Store::new(db.clone());
+    let mut filter = MessageFilter::default();
+    if let Some(d) = since {
+        filter.received.push(crate::db::sql::Bound::From(d.and_hms_opt(0, 0, 0).expect("midnight").and_utc()));
+    }
+    let page = crate::pagination::PageRequest { limit: limit.clamp(1, 10_000), after: None };
+    let rows = store.list_messages(crate::auth::TenantId(crate::interop::hl7::inbound::UNROUTED), &filter, &page).await?;
+    println!("{:<27} {:<21} {:<16} {:<16} {:<10} {:<20} problem", "received", "peer", "MSH-3", "MSH-4", "type", "MSH-10");
+    for m in rows.iter().take(limit as usize) {
+        println!(
+            "{:<27} {:<21} {:<16} {:<16} {:<10} {:<20} {}",
+            m.received_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            m.peer.as_deref().unwrap_or("-"),
+            m.sending_application.as_deref().unwrap_or("-"),
+            m.sending_facility.as_deref().unwrap_or("-"),
+            m.message_type.as_deref().unwrap_or("-"),
+            m.control_id.as_deref().unwrap_or("-"),
+            m.error.as_deref().unwrap_or("")
+        );
+    }
+    db.close().await;
     Ok(())
 }

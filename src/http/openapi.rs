@@ -276,6 +276,14 @@ pub fn document() -> Value {
                         json!({"description": "{items: [outbox entries]}", "content": {"application/json": {"schema": {"type": "object"}}}}))
                 }
             },
+            "/v1/radiology/hl7-connectors/{id}/outbox/{seq}/retry": {
+                "parameters": [id_param("Outbound connector id"), {"name": "seq", "in": "path", "required": true, "schema": {"type": "integer"}}],
+                "post": {
+                    "operationId": "retryHl7OutboxEntry", "summary": "Send a refused (nak) or failed outbound message again, as it was, before the entries after it (admin)",
+                    "responses": with(problem_responses(&[("404", "No such entry"), ("409", "The entry is pending or acknowledged")]), "200",
+                        json!({"description": "The entry, pending again", "content": {"application/json": {"schema": {"type": "object"}}}}))
+                }
+            },
             "/v1/radiology/hl7-connectors/{id}/round-trip": {
                 "parameters": [id_param("Connector id")],
                 "post": {

@@ -197,7 +197,8 @@ async fn orders_and_results_sent_by_mllp_send_become_orders_and_reports() {
 
 #[tokio::test]
 async fn malformed_messages_get_ae_or_ar_with_an_err_segment_and_are_kept() {
-    let app = TestApp::spawn().await;
+    let (url, dir) = crate::helpers::fresh_database().await;
+    let app = TestApp::spawn_with(radiology::config::Config { data_dir: dir.path().into(), ..TestApp::config_for(&url) }).await;
     inbound_connector(&app).await;
     let cases = [
         ("bad_no_obr.hl7", "AE", "OBR", "100"),
@@ -249,6 +250,16 @@ async fn malformed_messages_get_ae_or_ar_with_an_err_segment_and_are_kept() {
     let unrouted: i64 = radiology::on_db!(&app.db, pool => sqlx::query_scalar("SELECT COUNT(*) FROM hl7_messages WHERE tenant_id = $1")
         .bind(Uuid::nil()).fetch_one(pool).await).unwrap();
     assert_eq!(unrouted, 2, "the unknown sender and the non-HL7 bytes");
+    // The operator sees who knocks without a connector.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_radiology"))
+        .arg("hl7-unrouted")
+        .env("RADIOLOGY_DATABASE_URL", &url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(listing.contains("OTHER_RIS") && listing.contains("OTH000903") && listing.contains("no inbound connector"), "{listing}");
     // Field errors of the connector API name their field.
     let r = app.post(CONNECTORS, &app.admin(), &json!({"direction": "outbound", "name": "x", "host": "h", "port": 0, "events": ["nope"]})).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
@@ -450,6 +461,20 @@ OBX|1|TX|19005-8^Impression^LN|1|IMPRESSION: result {i}.||||||F\r"
         assert_eq!(m["type"], "ORU^R01^ORU_R01");
         assert!(m["raw"].as_str().unwrap().contains(&format!("IMPRESSION: result {i}.")), "{}", m["raw"]);
     }
+    // The refused message is sent again on request, as it was (same MSH-10).
+    let nak_seq = items[0]["seq"].as_i64().unwrap();
+    let r = app.post(&format!("{CONNECTORS}/{outbound}/outbox/{nak_seq}/retry"), &app.reader(), &json!({})).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = app.post(&format!("{CONNECTORS}/{outbound}/outbox/{}/retry", items[1]["seq"]), &app.admin(), &json!({})).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "an acknowledged entry is not sent again");
+    let r = app.post(&format!("{CONNECTORS}/{outbound}/outbox/{nak_seq}/retry"), &app.admin(), &json!({})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    wait_for("the resend", Duration::from_secs(20), async || outbox_of(&app, &outbound).await[0]["status"] == "acked").await;
+    assert_eq!(ris.received()[3]["control_id"], items[0]["control_id"]);
+    let other = app.token_for(app.other_tenant, &["radiology.admin"]);
+    let r = app.post(&format!("{CONNECTORS}/{outbound}/outbox/{nak_seq}/retry"), &other, &json!({})).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+
     // A correction of a delivered report is a new event, delivered once more.
     let corrected = oru(1).replace("OUT-1|", "OUT-1C|").replace("|CR|F", "|CR|C").replace("||||||F", "||||||C");
     let ack = client.send(corrected.as_bytes()).await.unwrap();
@@ -459,7 +484,7 @@ OBX|1|TX|19005-8^Impression^LN|1|IMPRESSION: result {i}.||||||F\r"
         items.len() == 4 && items[3]["status"] == "acked"
     })
     .await;
-    assert!(ris.received()[3]["raw"].as_str().unwrap().contains("|C"), "OBR-25 C");
+    assert!(ris.received()[4]["raw"].as_str().unwrap().contains("|C"), "OBR-25 C");
 }
 
 #[tokio::test]

@@ -46,7 +46,7 @@ async fn openapi_describes_every_v1_route() {
     let mut operations = 0;
     for (path, item) in paths {
         assert!(path.starts_with("/v1/"), "{path}");
-        let concrete = path.replace("{id}", "00000000-0000-0000-0000-000000000000").replace("{run}", "00000000-0000-0000-0000-000000000000");
+        let concrete = path.replace("{id}", "00000000-0000-0000-0000-000000000000").replace("{run}", "00000000-0000-0000-0000-000000000000").replace("{seq}", "1");
         for m in ["get", "post", "patch", "delete", "put"] {
             if item.get(m).is_none() {
                 continue;
@@ -71,6 +71,7 @@ async fn openapi_describes_every_v1_route() {
         ("/v1/radiology/hl7-connectors", &["get", "post"][..]),
         ("/v1/radiology/hl7-connectors/{id}", &["get", "patch", "delete"][..]),
         ("/v1/radiology/hl7-connectors/{id}/outbox", &["get"][..]),
+        ("/v1/radiology/hl7-connectors/{id}/outbox/{seq}/retry", &["post"][..]),
         ("/v1/radiology/hl7-connectors/{id}/round-trip", &["post"][..]),
         ("/v1/radiology/hl7-connectors/{id}/round-trip/{run}", &["get"][..]),
         ("/v1/radiology/hl7-messages", &["get"][..]),
@@ -81,7 +82,7 @@ async fn openapi_describes_every_v1_route() {
             assert!(paths[path].get(*m).is_some(), "{m} {path} undocumented");
         }
     }
-    assert_eq!(operations, 25);
+    assert_eq!(operations, 26);
 }
 
 #[tokio::test]

@@ -32,6 +32,7 @@ pub fn router() -> Router<AppState> {
         .route(CONNECTORS, get(list_connectors).post(create_connector))
         .route(&format!("{CONNECTORS}/{{id}}"), get(read_connector).patch(patch_connector).delete(delete_connector))
         .route(&format!("{CONNECTORS}/{{id}}/outbox"), get(outbox))
+        .route(&format!("{CONNECTORS}/{{id}}/outbox/{{seq}}/retry"), post(retry_outbox))
         .route(&format!("{CONNECTORS}/{{id}}/round-trip"), post(start_round_trip))
         .route(&format!("{CONNECTORS}/{{id}}/round-trip/{{run}}"), get(read_round_trip))
         .route(MESSAGES, get(list_messages))
@@ -176,6 +177,16 @@ async fn outbox(State(state): State<AppState>, ctx: TenantCtx, Path(id): Path<St
     let connector = state.hl7.store.get_connector(ctx.tenant, parse_uuid(&id)?).await?;
     let rows = state.hl7.store.list_outbox(ctx.tenant, connector.id, status, after, limit).await?;
     Ok(Json(json!({"items": rows.iter().map(outbox_view).collect::<Vec<_>>()})))
+}
+
+/// Sends a refused or failed outbound message again (admin).
+#[tracing::instrument(skip_all, fields(tenant_id = %ctx.tenant))]
+async fn retry_outbox(State(state): State<AppState>, ctx: TenantCtx, Path((id, seq)): Path<(String, String)>) -> ApiResult<Json<Value>> {
+    ctx.require(Role::Admin)?;
+    let seq: i64 = seq.parse().map_err(|_| ApiError::NotFound)?;
+    let connector = state.hl7.store.get_connector(ctx.tenant, parse_uuid(&id)?).await?;
+    let row = state.hl7.store.requeue_outbox(ctx.tenant, connector.id, seq).await?;
+    Ok(Json(outbox_view(&row)))
 }
 
 fn round_trip_view(r: &super::store::RoundTripRow) -> Value {

@@ -178,6 +178,9 @@ pub trait Hl7Store: Send + Sync {
     async fn set_outbox_message(&self, seq: i64, control_id: &str, message: &[u8]) -> StoreResult<()>;
     async fn record_delivery(&self, seq: i64, delivery: &Delivery) -> StoreResult<()>;
     async fn list_outbox(&self, tenant: TenantId, connector: Uuid, status: Option<&str>, after_seq: Option<i64>, limit: i64) -> StoreResult<Vec<OutboxRow>>;
+    /// Sends a refused (`nak`) or `failed` entry again, as it was (same bytes, same MSH-10),
+    /// before the entries after it. `Conflict` for an entry that is pending or acknowledged.
+    async fn requeue_outbox(&self, tenant: TenantId, connector: Uuid, seq: i64) -> StoreResult<OutboxRow>;
 
     // round trips
     async fn insert_round_trip(&self, row: &RoundTripRow) -> StoreResult<()>;
@@ -506,6 +509,28 @@ impl Hl7Store for SqlHl7Store {
         sql.push(&format!(" ORDER BY seq LIMIT {l}"));
         let rows = on_db!(&self.db, pool => bind_args!(sqlx::query_as::<_, OutboxRow>(&sql.text), &sql.args).fetch_all(pool).await)?;
         Ok(rows)
+    }
+
+    async fn requeue_outbox(&self, tenant: TenantId, connector: Uuid, seq: i64) -> StoreResult<OutboxRow> {
+        let now = crate::db::now();
+        let sql = format!(
+            "UPDATE hl7_outbox SET status = 'pending', rejections = 0, next_attempt_at = $4, done_at = NULL \
+             WHERE tenant_id = $1 AND connector_id = $2 AND seq = $3 AND status IN ('nak', 'failed') RETURNING {OUTBOX_COLUMNS}"
+        );
+        let row = on_db!(&self.db, pool => sqlx::query_as::<_, OutboxRow>(&sql).bind(tenant.0).bind(connector).bind(seq).bind(now)
+            .fetch_optional(pool).await)?;
+        match row {
+            Some(r) => Ok(r),
+            None => {
+                // Tell "no such entry" from "not refused".
+                let exists = self.list_outbox(tenant, connector, None, Some(seq - 1), 1).await?.into_iter().any(|r| r.seq == seq);
+                if exists {
+                    Err(StoreError::Conflict("only a refused (nak) or failed entry can be sent again".into()))
+                } else {
+                    Err(StoreError::NotFound)
+                }
+            }
+        }
     }
 
     async fn insert_round_trip(&self, row: &RoundTripRow) -> StoreResult<()> {
