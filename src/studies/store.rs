@@ -135,7 +135,7 @@ pub trait StudyStore: Send + Sync {
     async fn upsert_batch(&self, tenant: TenantId, studies: &[StudyUpsert], after: Option<AfterWrite<'_>>) -> StoreResult<Vec<UpsertOutcome>>;
     /// [`StudyStore::upsert_batch`] with nothing else in the transaction (one window of a sync).
     async fn upsert_many(&self, tenant: TenantId, studies: &[StudyUpsert]) -> StoreResult<Vec<UpsertOutcome>> {
-        self.upsert_batch(tenant, studies, None).await
+        crate::db::error::retry_transient(|| self.upsert_batch(tenant, studies, None)).await
     }
     /// One version of a study, as it was.
     async fn get_version(&self, tenant: TenantId, id: Uuid, version: i32) -> StoreResult<StudyVersion>;

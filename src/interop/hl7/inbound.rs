@@ -457,7 +457,7 @@ impl Hl7Service {
             }
             message_inserts(&db, &rows)
         };
-        let result = self.orders.upsert_batch(tenant, &upserts, Some(AfterWrite { followups: &followups, gate: None })).await;
+        let result = crate::db::error::retry_transient(|| self.orders.upsert_batch(tenant, &upserts, Some(AfterWrite { followups: &followups, gate: None }))).await;
         match result {
             Ok(outcomes) => {
                 for (row, (start, _)) in rows.iter_mut().zip(&spans) {
@@ -570,7 +570,7 @@ impl Hl7Service {
                 "AND r.status IN ('final', 'amended', 'corrected', 'appended')"));
             f
         };
-        match self.reports.upsert_batch(tenant, &upserts, Some(AfterWrite { followups: &followups, gate: None })).await {
+        match crate::db::error::retry_transient(|| self.reports.upsert_batch(tenant, &upserts, Some(AfterWrite { followups: &followups, gate: None }))).await {
             Ok(outcomes) => {
                 for (row, (start, _)) in rows.iter_mut().zip(&spans) {
                     row.report_id = outcomes.get(*start).map(UpsertOutcome::id);

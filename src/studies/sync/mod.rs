@@ -650,10 +650,11 @@ impl SyncService {
                 .into_iter()
                 .collect()
         };
-        self.studies
-            .upsert_batch(tenant, &upserts, Some(crate::db::sql::AfterWrite { followups: &queue_events, gate: None }))
-            .await
-            .map_err(|e| RunError::Failed(format!("storing studies: {e}")))?;
+        crate::db::error::retry_transient(|| {
+            self.studies.upsert_batch(tenant, &upserts, Some(crate::db::sql::AfterWrite { followups: &queue_events, gate: None }))
+        })
+        .await
+        .map_err(|e| RunError::Failed(format!("storing studies: {e}")))?;
         Ok(counts)
     }
 }
