@@ -54,15 +54,14 @@ pub enum AckMode {
     Enhanced(String),
 }
 
-/// A message read and decided, waiting to be stored.
+/// A message read and decided, waiting to be stored. A refused message has `Work::None`
+/// and its row holds the status, the ACK and the reason.
 #[derive(Debug, Clone)]
 pub struct Prepared {
     pub row: MessageRow,
     pub message: Option<Message>,
     pub work: Work,
     pub mode: AckMode,
-    /// The refusal, when `work` is `None`.
-    pub refusal: Option<(AckCode, AckError)>,
 }
 
 impl Prepared {
@@ -226,7 +225,7 @@ impl Hl7Service {
                 return refuse(row, Some(message), mode, AckCode::AR, error("MSH", 1, 9, 200, format!("message type {k:?} is not taken (ORM^O01, OMI^O23, ORU^R01)")));
             }
         };
-        Prepared { row, message: Some(message), work, mode, refusal: None }
+        Prepared { row, message: Some(message), work, mode }
     }
 
     /// The connector of a sender; the table is reloaded every few seconds, and at once
@@ -730,12 +729,11 @@ fn set_refusal(p: &mut Prepared, code: AckCode, err: AckError) {
     p.row.ack_code = Some(sent.as_str().into());
     p.row.ack = ack_bytes(p.message.as_ref(), &p.mode, code, Some(&err));
     p.row.error = Some(format!("{}-{}: {}", err.segment, err.field, err.text));
-    p.refusal = Some((code, err));
 }
 
 fn refuse(mut row: MessageRow, message: Option<Message>, mode: AckMode, code: AckCode, err: AckError) -> Prepared {
     row.status = if code == AckCode::AR { "rejected".into() } else { "error".into() };
-    let mut p = Prepared { row, message, work: Work::None, mode, refusal: None };
+    let mut p = Prepared { row, message, work: Work::None, mode };
     set_refusal(&mut p, code, err);
     p
 }

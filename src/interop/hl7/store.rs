@@ -164,7 +164,7 @@ pub trait Hl7Store: Send + Sync {
     async fn insert_messages(&self, rows: &[MessageRow]) -> StoreResult<()>;
     async fn list_messages(&self, tenant: TenantId, filter: &MessageFilter, page: &PageRequest) -> StoreResult<Vec<MessageRow>>;
     async fn get_message(&self, tenant: TenantId, id: Uuid) -> StoreResult<MessageRow>;
-    /// Records the outcome of a reprocessed message (applied in `followups`' transaction).
+    /// Records the new outcome of a reprocessed message on its log row.
     async fn record_reprocess(&self, tenant: TenantId, row: &MessageRow) -> StoreResult<()>;
 
     // outbox
