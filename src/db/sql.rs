@@ -257,6 +257,20 @@ impl SqlBuf {
     }
 }
 
+impl SqlBuf {
+    /// ` AND (<time>, <id>) after the page's cursor ORDER BY <time>, <id> LIMIT …`: one
+    /// page of a keyset-paged list (`alias` is the table's alias, with its dot, or "").
+    pub fn push_page(&mut self, alias: &str, time: &str, page: &crate::pagination::PageRequest) -> &mut Self {
+        let (t, id) = (format!("{alias}{time}"), format!("{alias}id"));
+        if let Some(after) = page.after {
+            let (c, i) = (self.arg(Arg::Time(after.created_at)), self.arg(Arg::Uuid(after.id)));
+            self.push(&format!(" AND ({t} > {c} OR ({t} = {c} AND {id} > {i}))"));
+        }
+        let limit = self.arg(Arg::Int(page.fetch_limit()));
+        self.push(&format!(" ORDER BY {t}, {id} LIMIT {limit}"))
+    }
+}
+
 /// A half-open time bound of a search.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bound {

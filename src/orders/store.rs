@@ -330,12 +330,7 @@ impl OrderStore for SqlOrderStore {
         let columns: Vec<String> = COLUMNS.split(", ").map(|c| format!("o.{}", c.trim())).collect();
         let mut sql = SqlBuf::new(format!("SELECT {} FROM orders o", columns.join(", ")));
         self.where_clause(tenant, query, &mut sql);
-        if let Some(after) = page.after {
-            let (c, i) = (sql.arg(Arg::Time(after.created_at)), sql.arg(Arg::Uuid(after.id)));
-            sql.push(&format!(" AND (o.created_at > {c} OR (o.created_at = {c} AND o.id > {i}))"));
-        }
-        let limit = sql.arg(Arg::Int(page.fetch_limit()));
-        sql.push(&format!(" ORDER BY o.created_at, o.id LIMIT {limit}"));
+        sql.push_page("o.", "created_at", page);
         let rows = on_db!(&self.db, pool => bind_args!(sqlx::query_as::<_, OrderRow>(&sql.text), &sql.args).fetch_all(pool).await)?;
         Ok(rows)
     }

@@ -394,12 +394,7 @@ impl ReportStore for SqlReportStore {
         let columns: Vec<String> = COLUMNS.split(", ").map(|c| format!("r.{}", c.trim())).collect();
         let mut sql = SqlBuf::new(format!("SELECT {} FROM diagnostic_reports r", columns.join(", ")));
         self.where_clause(tenant, query, &mut sql);
-        if let Some(after) = page.after {
-            let (c, i) = (sql.arg(Arg::Time(after.created_at)), sql.arg(Arg::Uuid(after.id)));
-            sql.push(&format!(" AND (r.created_at > {c} OR (r.created_at = {c} AND r.id > {i}))"));
-        }
-        let limit = sql.arg(Arg::Int(page.fetch_limit()));
-        sql.push(&format!(" ORDER BY r.created_at, r.id LIMIT {limit}"));
+        sql.push_page("r.", "created_at", page);
         let rows = on_db!(&self.db, pool => bind_args!(sqlx::query_as::<_, ReportRow>(&sql.text), &sql.args).fetch_all(pool).await)?;
         Ok(rows)
     }

@@ -395,12 +395,7 @@ impl StudyStore for SqlStudyStore {
     async fn list(&self, tenant: TenantId, query: &StudyQuery, page: &PageRequest) -> StoreResult<Vec<StudyRow>> {
         let mut sql = SqlBuf::new(format!("SELECT {READ_COLUMNS} FROM imaging_studies"));
         self.where_clause(tenant, query, &mut sql);
-        if let Some(after) = page.after {
-            let (c, i) = (sql.arg(Arg::Time(after.created_at)), sql.arg(Arg::Uuid(after.id)));
-            sql.push(&format!(" AND (created_at > {c} OR (created_at = {c} AND id > {i}))"));
-        }
-        let limit = sql.arg(Arg::Int(page.fetch_limit()));
-        sql.push(&format!(" ORDER BY created_at, id LIMIT {limit}"));
+        sql.push_page("", "created_at", page);
         let rows = on_db!(&self.db, pool => bind_args!(sqlx::query_as::<_, StudyRow>(&sql.text), &sql.args)
             .fetch_all(pool).await)?;
         Ok(rows)

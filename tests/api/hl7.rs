@@ -504,7 +504,13 @@ async fn the_round_trip_check_shows_each_chain_and_names_the_broken_links() {
         let ack = client.send(&orm(&format!("RT-ORM-{i}"), &format!("PL{acc}"), acc, uid)).await.unwrap();
         assert_eq!(ack_field(&ack, "MSA", 1, 1).as_deref(), Some("AA"), "{ack}");
     }
-    orthanc.add_series(&uid_a, &patient, &acc_a, &chrono::Utc::now().format("%Y%m%d").to_string(), "101500", "CR", "CHEST").await;
+    // A random time of day: studies piling up in one second of a long-lived PACS would
+    // exceed its result cap for the sync tests.
+    let time = || {
+        let s = Uuid::new_v4().as_u128() % 86_400;
+        format!("{:02}{:02}{:02}", s / 3600, s / 60 % 60, s % 60)
+    };
+    orthanc.add_series(&uid_a, &patient, &acc_a, &chrono::Utc::now().format("%Y%m%d").to_string(), &time(), "CR", "CHEST").await;
     let endpoint = app.create_endpoint(&endpoint_body("orthanc", &orthanc.dicomweb_url(), &orthanc.user, &orthanc.password)).await;
     app.state.sync.run_until_idle().await.unwrap();
     let oru = format!(
@@ -572,7 +578,7 @@ OBX|1|TX|19005-8^Impression^LN|1|IMPRESSION: Normal.||||||F\r"
 
     // study_available: a study that arrives by sync is announced as ORM^O01, ORC-1 SC.
     let uid_c = format!("2.25.{}", Uuid::new_v4().as_u128());
-    orthanc.add_series(&uid_c, &patient, "RTC-1", &chrono::Utc::now().format("%Y%m%d").to_string(), "111500", "CT", "CT HEAD").await;
+    orthanc.add_series(&uid_c, &patient, "RTC-1", &chrono::Utc::now().format("%Y%m%d").to_string(), &time(), "CT", "CT HEAD").await;
     app.state.sync.run_until_idle().await.unwrap();
     let r = app.post(&format!("/v1/radiology/pacs-endpoints/{}/sync", endpoint["id"].as_str().unwrap()), &app.admin(), &json!({})).await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);

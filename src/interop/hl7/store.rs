@@ -313,12 +313,7 @@ impl Hl7Store for SqlHl7Store {
             let d = sql.arg(Arg::Text(d.to_string()));
             sql.push(&format!(" AND direction = {d}"));
         }
-        if let Some(after) = page.after {
-            let (c, i) = (sql.arg(Arg::Time(after.created_at)), sql.arg(Arg::Uuid(after.id)));
-            sql.push(&format!(" AND (created_at > {c} OR (created_at = {c} AND id > {i}))"));
-        }
-        let limit = sql.arg(Arg::Int(page.fetch_limit()));
-        sql.push(&format!(" ORDER BY created_at, id LIMIT {limit}"));
+        sql.push_page("", "created_at", page);
         let rows = on_db!(&self.db, pool => bind_args!(sqlx::query_as::<_, ConnectorRow>(&sql.text), &sql.args).fetch_all(pool).await)?;
         Ok(rows)
     }
@@ -400,12 +395,7 @@ impl Hl7Store for SqlHl7Store {
             }
         }
         sql.push_bounds("received_at", &filter.received);
-        if let Some(after) = page.after {
-            let (c, i) = (sql.arg(Arg::Time(after.created_at)), sql.arg(Arg::Uuid(after.id)));
-            sql.push(&format!(" AND (received_at > {c} OR (received_at = {c} AND id > {i}))"));
-        }
-        let limit = sql.arg(Arg::Int(page.fetch_limit()));
-        sql.push(&format!(" ORDER BY received_at, id LIMIT {limit}"));
+        sql.push_page("", "received_at", page);
         let rows = on_db!(&self.db, pool => bind_args!(sqlx::query_as::<_, MessageRow>(&sql.text), &sql.args).fetch_all(pool).await)?;
         Ok(rows)
     }
