@@ -22,7 +22,67 @@ pub enum Arg {
     OptInt32(Option<i32>),
     Bytes(Vec<u8>),
     OptBytes(Option<Vec<u8>>),
+    /// A whole column of a PostgreSQL bulk insert, bound as one array (`unnest`).
+    Array(ArrayArg),
 }
+
+/// One column's values as a PostgreSQL array argument (see [`SqlBuf::bulk_insert`]).
+/// Only PostgreSQL statements carry them; SQLite has no array type.
+#[derive(Debug, Clone)]
+pub enum ArrayArg {
+    Uuid(Vec<Option<Uuid>>),
+    /// Also `jsonb` columns, as serialized JSON cast in the statement.
+    Text(Vec<Option<String>>),
+    Time(Vec<Option<DateTime<Utc>>>),
+    Int32(Vec<Option<i32>>),
+    Int64(Vec<Option<i64>>),
+    Bool(Vec<Option<bool>>),
+    Bytes(Vec<Option<Vec<u8>>>),
+}
+
+/// Binds an [`ArrayArg`]: what [`bind_args!`] does with [`Arg::Array`] on each backend.
+pub trait BindArray<'q>: Sized {
+    /// Binds the array by reference: a column of a big batch is not copied.
+    fn bind_array(self, array: &'q ArrayArg) -> Self;
+}
+
+macro_rules! bind_array {
+    (postgres: $(<$($g:lifetime),* $(, $t:ident)?> $ty:ty),*) => {$(
+        impl<$($g),* $(, $t)?> BindArray<'q> for $ty {
+            fn bind_array(self, array: &'q ArrayArg) -> Self {
+                match array {
+                    ArrayArg::Uuid(v) => self.bind(v),
+                    ArrayArg::Text(v) => self.bind(v),
+                    ArrayArg::Time(v) => self.bind(v),
+                    ArrayArg::Int32(v) => self.bind(v),
+                    ArrayArg::Int64(v) => self.bind(v),
+                    ArrayArg::Bool(v) => self.bind(v),
+                    ArrayArg::Bytes(v) => self.bind(v),
+                }
+            }
+        }
+    )*};
+    (sqlite: $(<$($g:lifetime),* $(, $t:ident)?> $ty:ty),*) => {$(
+        impl<$($g),* $(, $t)?> BindArray<'q> for $ty {
+            fn bind_array(self, _: &'q ArrayArg) -> Self {
+                unreachable!("array arguments are built for PostgreSQL statements only")
+            }
+        }
+    )*};
+}
+
+type PgArgs<'q> = <sqlx::Postgres as sqlx::Database>::Arguments<'q>;
+type SqliteArgs<'q> = <sqlx::Sqlite as sqlx::Database>::Arguments<'q>;
+bind_array!(postgres:
+    <'q> sqlx::query::Query<'q, sqlx::Postgres, PgArgs<'q>>,
+    <'q, O> sqlx::query::QueryAs<'q, sqlx::Postgres, O, PgArgs<'q>>,
+    <'q, O> sqlx::query::QueryScalar<'q, sqlx::Postgres, O, PgArgs<'q>>
+);
+bind_array!(sqlite:
+    <'q> sqlx::query::Query<'q, sqlx::Sqlite, SqliteArgs<'q>>,
+    <'q, O> sqlx::query::QueryAs<'q, sqlx::Sqlite, O, SqliteArgs<'q>>,
+    <'q, O> sqlx::query::QueryScalar<'q, sqlx::Sqlite, O, SqliteArgs<'q>>
+);
 
 #[derive(Debug, Default, Clone)]
 pub struct SqlBuf {
@@ -67,6 +127,7 @@ macro_rules! bind_args {
                 $crate::db::sql::Arg::JsonText(v) => q.bind(v.clone()),
                 $crate::db::sql::Arg::Bytes(v) => q.bind(v.clone()),
                 $crate::db::sql::Arg::OptBytes(v) => q.bind(v.clone()),
+                $crate::db::sql::Arg::Array(v) => $crate::db::sql::BindArray::bind_array(q, v),
             };
         }
         q
@@ -164,29 +225,40 @@ macro_rules! run_followups {
     }};
 }
 
-impl Arg {
-    /// Appends the value as JSON, for PostgreSQL's `jsonb_to_recordset` bulk statements.
-    fn write_json(&self, out: &mut String) {
-        let text = |v: &str, out: &mut String| out.push_str(&Value::String(v.to_string()).to_string());
-        let time = |t: &DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        match self {
-            Arg::Text(v) | Arg::OptText(Some(v)) => text(v, out),
-            Arg::Uuid(v) | Arg::OptUuid(Some(v)) => out.push_str(&format!("\"{v}\"")),
-            Arg::Time(v) | Arg::OptTime(Some(v)) => out.push_str(&format!("\"{}\"", time(v))),
-            Arg::Int(v) => out.push_str(&v.to_string()),
-            Arg::OptInt32(Some(v)) => out.push_str(&v.to_string()),
-            Arg::Bool(v) => out.push_str(if *v { "true" } else { "false" }),
-            Arg::Json(v) => out.push_str(&v.to_string()),
-            Arg::JsonText(v) => out.push_str(v),
-            // bytea's hex input form
-            Arg::Bytes(v) | Arg::OptBytes(Some(v)) => {
-                out.push_str("\"\\\\x");
-                for b in v {
-                    out.push_str(&format!("{b:02x}"));
-                }
-                out.push('"');
-            }
-            Arg::OptText(None) | Arg::OptUuid(None) | Arg::OptTime(None) | Arg::OptInt32(None) | Arg::OptBytes(None) => out.push_str("null"),
+impl ArrayArg {
+    /// An empty column of PostgreSQL type `pg_type`, with room for `rows` values.
+    fn for_type(pg_type: &str, rows: usize) -> Self {
+        match pg_type {
+            "uuid" => ArrayArg::Uuid(Vec::with_capacity(rows)),
+            "text" | "jsonb" => ArrayArg::Text(Vec::with_capacity(rows)),
+            "timestamptz" => ArrayArg::Time(Vec::with_capacity(rows)),
+            "integer" => ArrayArg::Int32(Vec::with_capacity(rows)),
+            "bigint" => ArrayArg::Int64(Vec::with_capacity(rows)),
+            "boolean" => ArrayArg::Bool(Vec::with_capacity(rows)),
+            "bytea" => ArrayArg::Bytes(Vec::with_capacity(rows)),
+            other => unreachable!("bulk insert: no array binding for PostgreSQL type {other}"),
+        }
+    }
+
+    /// Appends one row's value; the column's type decides, and a value of another kind
+    /// is a programming error of the statement's builder.
+    fn push(&mut self, arg: Arg) {
+        match (self, arg) {
+            (ArrayArg::Uuid(v), Arg::Uuid(x)) => v.push(Some(x)),
+            (ArrayArg::Uuid(v), Arg::OptUuid(x)) => v.push(x),
+            (ArrayArg::Text(v), Arg::Text(x)) => v.push(Some(x)),
+            (ArrayArg::Text(v), Arg::OptText(x)) => v.push(x),
+            (ArrayArg::Text(v), Arg::JsonText(x)) => v.push(Some(x)),
+            (ArrayArg::Text(v), Arg::Json(x)) => v.push(Some(x.to_string())),
+            (ArrayArg::Time(v), Arg::Time(x)) => v.push(Some(x)),
+            (ArrayArg::Time(v), Arg::OptTime(x)) => v.push(x),
+            (ArrayArg::Int32(v), Arg::OptInt32(x)) => v.push(x),
+            (ArrayArg::Int32(v), Arg::Int(x)) => v.push(Some(i32::try_from(x).expect("an integer column's value fits i32"))),
+            (ArrayArg::Int64(v), Arg::Int(x)) => v.push(Some(x)),
+            (ArrayArg::Bool(v), Arg::Bool(x)) => v.push(Some(x)),
+            (ArrayArg::Bytes(v), Arg::Bytes(x)) => v.push(Some(x)),
+            (ArrayArg::Bytes(v), Arg::OptBytes(x)) => v.push(x),
+            (column, value) => unreachable!("bulk insert: {value:?} in a column bound as {column:?}"),
         }
     }
 }
@@ -219,31 +291,32 @@ impl SqlBuf {
     }
 
     /// A multi-row INSERT of `rows` (values in `columns` order; `columns` pairs each
-    /// name with its PostgreSQL type). PostgreSQL gets all rows as one JSON argument
-    /// expanded by `jsonb_to_recordset` (one parse, a trivial plan, no argument limit);
-    /// SQLite, in process, gets a plain `VALUES` list. Append `ON CONFLICT …` after.
+    /// name with its PostgreSQL type). PostgreSQL gets one array argument per column,
+    /// in binary, expanded by `unnest` (one statement text whatever the row count, a
+    /// trivial plan, no argument limit, and each JSON document parsed once); SQLite, in
+    /// process, gets a plain `VALUES` list. Append `ON CONFLICT …` after.
     pub fn bulk_insert(db: &super::Db, table: &str, columns: &[(&str, &str)], rows: Vec<Vec<Arg>>) -> Self {
         let names: Vec<&str> = columns.iter().map(|c| c.0).collect();
         let mut sql = SqlBuf::new(format!("INSERT INTO {table} ({}) ", names.join(", ")));
         match db {
             super::Db::Postgres(_) => {
-                let mut doc = String::from("[");
-                for (r, row) in rows.iter().enumerate() {
-                    doc.push_str(if r == 0 { "{" } else { ",{" });
-                    for (c, (name, arg)) in names.iter().zip(row).enumerate() {
-                        if c > 0 {
-                            doc.push(',');
-                        }
-                        doc.push_str(&format!("\"{name}\":"));
-                        arg.write_json(&mut doc);
+                let mut arrays: Vec<ArrayArg> = columns.iter().map(|(_, t)| ArrayArg::for_type(t, rows.len())).collect();
+                for row in rows {
+                    debug_assert_eq!(row.len(), columns.len(), "bulk insert into {table}: a row with the wrong number of values");
+                    for (array, value) in arrays.iter_mut().zip(row) {
+                        array.push(value);
                     }
-                    doc.push('}');
                 }
-                doc.push(']');
-                drop(rows);
-                let p = format!("CAST({} AS jsonb)", sql.arg(Arg::Text(doc)));
-                let types: Vec<String> = columns.iter().map(|(n, t)| format!("{n} {t}")).collect();
-                sql.push(&format!("SELECT {} FROM jsonb_to_recordset({p}) AS x({})", names.join(", "), types.join(", ")));
+                let mut selected = Vec::with_capacity(columns.len());
+                let mut unnested = Vec::with_capacity(columns.len());
+                for ((name, pg_type), array) in columns.iter().zip(arrays) {
+                    let p = sql.arg(Arg::Array(array));
+                    // jsonb travels as text and is parsed once per value here
+                    let element = if *pg_type == "jsonb" { "text" } else { pg_type };
+                    unnested.push(format!("CAST({p} AS {element}[])"));
+                    selected.push(if *pg_type == "jsonb" { format!("CAST(x.{name} AS jsonb)") } else { format!("x.{name}") });
+                }
+                sql.push(&format!("SELECT {} FROM unnest({}) AS x({})", selected.join(", "), unnested.join(", "), names.join(", ")));
             }
             super::Db::Sqlite(_) => {
                 sql.push("VALUES ");
