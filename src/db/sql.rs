@@ -24,6 +24,8 @@ pub enum Arg {
     OptBytes(Option<Vec<u8>>),
     /// A whole column of a PostgreSQL bulk insert, bound as one array (`unnest`).
     Array(ArrayArg),
+    /// A list of strings, each without a newline: a PostgreSQL `text[]`, SQLite JSON text.
+    TextList(Vec<String>),
 }
 
 /// One column's values as a PostgreSQL array argument (see [`SqlBuf::bulk_insert`]).
@@ -40,10 +42,12 @@ pub enum ArrayArg {
     Bytes(Vec<Option<Vec<u8>>>),
 }
 
-/// Binds an [`ArrayArg`]: what [`bind_args!`] does with [`Arg::Array`] on each backend.
+/// What [`bind_args!`] does with the arguments whose binding differs per backend.
 pub trait BindArray<'q>: Sized {
     /// Binds the array by reference: a column of a big batch is not copied.
     fn bind_array(self, array: &'q ArrayArg) -> Self;
+    /// Binds [`Arg::TextList`].
+    fn bind_list(self, list: &'q Vec<String>) -> Self;
 }
 
 macro_rules! bind_array {
@@ -60,12 +64,20 @@ macro_rules! bind_array {
                     ArrayArg::Bytes(v) => self.bind(v),
                 }
             }
+
+            fn bind_list(self, list: &'q Vec<String>) -> Self {
+                self.bind(list)
+            }
         }
     )*};
     (sqlite: $(<$($g:lifetime),* $(, $t:ident)?> $ty:ty),*) => {$(
         impl<$($g),* $(, $t)?> BindArray<'q> for $ty {
             fn bind_array(self, _: &'q ArrayArg) -> Self {
                 unreachable!("array arguments are built for PostgreSQL statements only")
+            }
+
+            fn bind_list(self, list: &'q Vec<String>) -> Self {
+                self.bind(serde_json::to_string(list).expect("strings serialize"))
             }
         }
     )*};
@@ -128,6 +140,7 @@ macro_rules! bind_args {
                 $crate::db::sql::Arg::Bytes(v) => q.bind(v.clone()),
                 $crate::db::sql::Arg::OptBytes(v) => q.bind(v.clone()),
                 $crate::db::sql::Arg::Array(v) => $crate::db::sql::BindArray::bind_array(q, v),
+                $crate::db::sql::Arg::TextList(v) => $crate::db::sql::BindArray::bind_list(q, v),
             };
         }
         q
@@ -230,7 +243,7 @@ impl ArrayArg {
     fn for_type(pg_type: &str, rows: usize) -> Self {
         match pg_type {
             "uuid" => ArrayArg::Uuid(Vec::with_capacity(rows)),
-            "text" | "jsonb" => ArrayArg::Text(Vec::with_capacity(rows)),
+            "text" | "json" | "jsonb" | "text[]" => ArrayArg::Text(Vec::with_capacity(rows)),
             "timestamptz" => ArrayArg::Time(Vec::with_capacity(rows)),
             "integer" => ArrayArg::Int32(Vec::with_capacity(rows)),
             "bigint" => ArrayArg::Int64(Vec::with_capacity(rows)),
@@ -250,6 +263,7 @@ impl ArrayArg {
             (ArrayArg::Text(v), Arg::OptText(x)) => v.push(x),
             (ArrayArg::Text(v), Arg::JsonText(x)) => v.push(Some(x)),
             (ArrayArg::Text(v), Arg::Json(x)) => v.push(Some(x.to_string())),
+            (ArrayArg::Text(v), Arg::TextList(x)) => v.push(Some(x.join("\n"))),
             (ArrayArg::Time(v), Arg::Time(x)) => v.push(Some(x)),
             (ArrayArg::Time(v), Arg::OptTime(x)) => v.push(x),
             (ArrayArg::Int32(v), Arg::OptInt32(x)) => v.push(x),
@@ -311,10 +325,15 @@ impl SqlBuf {
                 let mut unnested = Vec::with_capacity(columns.len());
                 for ((name, pg_type), array) in columns.iter().zip(arrays) {
                     let p = sql.arg(Arg::Array(array));
-                    // jsonb travels as text and is parsed once per value here
-                    let element = if *pg_type == "jsonb" { "text" } else { pg_type };
+                    // json and jsonb travel as text, parsed once per value here; a text[]
+                    // value (a TextList: no newlines) as its items joined by newlines.
+                    let element = if matches!(*pg_type, "json" | "jsonb" | "text[]") { "text" } else { pg_type };
                     unnested.push(format!("CAST({p} AS {element}[])"));
-                    selected.push(if *pg_type == "jsonb" { format!("CAST(x.{name} AS jsonb)") } else { format!("x.{name}") });
+                    selected.push(match *pg_type {
+                        "json" | "jsonb" => format!("CAST(x.{name} AS {pg_type})"),
+                        "text[]" => format!("string_to_array(x.{name}, E'\\n')"),
+                        _ => format!("x.{name}"),
+                    });
                 }
                 sql.push(&format!("SELECT {} FROM unnest({}) AS x({})", selected.join(", "), unnested.join(", "), names.join(", ")));
             }

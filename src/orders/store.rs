@@ -119,7 +119,7 @@ const COLUMN_TYPES: &[(&str, &str)] = &[
     ("accession_number", "text"), ("patient_id", "text"), ("status", "text"), ("order_control", "text"), ("order_status", "text"),
     ("requested_procedure_id", "text"), ("procedure_code", "text"), ("modality", "text"), ("priority", "text"),
     ("ordering_provider", "text"), ("scheduled_at", "timestamptz"), ("study_uid", "text"), ("facility_id", "uuid"),
-    ("state", "jsonb"), ("payload", "jsonb"), ("version", "integer"), ("created_at", "timestamptz"), ("updated_at", "timestamptz"),
+    ("state", "json"), ("payload", "jsonb"), ("version", "integer"), ("created_at", "timestamptz"), ("updated_at", "timestamptz"),
 ];
 
 /// Orders per multi-row statement on SQLite (23 arguments each).

@@ -1,10 +1,11 @@
 //! Persistence of radiology reports. One SQL text for both backends.
 //!
 //! A report row holds the FHIR DiagnosticReport (`payload`) and the columns searches
-//! need; token and reference parameters (identifier, category, code, based-on,
-//! imaging-study) live one value per row in `diagnostic_report_index`. Links to
-//! imaging studies are resolved when read, so a report imported before its study
-//! (or whose study arrives later by sync) links as soon as the study exists.
+//! need. The token and reference parameters identifier, category, code and based-on
+//! are the row's `tokens` (see [`search_tokens`]; a GIN index on PostgreSQL). The
+//! `imaging-study` references live one per row in `diagnostic_report_index`: links to
+//! imaging studies are resolved when read, so a report imported before its study (or
+//! whose study arrives later by sync) links as soon as the study exists.
 
 use std::collections::{HashMap, HashSet};
 
@@ -16,7 +17,7 @@ use uuid::Uuid;
 
 use crate::auth::TenantId;
 use crate::db::error::StoreResult;
-use crate::db::sql::{AfterWrite, Arg, SqlBuf, UpsertOutcome};
+use crate::db::sql::{AfterWrite, Arg, ArrayArg, BindArray, SqlBuf, UpsertOutcome};
 use crate::db::{begin_write, Db, StoreError};
 use crate::interop::fhir::resource::carry_tags;
 use crate::pagination::{Cursor, PageRequest};
@@ -60,6 +61,43 @@ pub struct IndexEntry {
     pub study_uid: Option<String>,
 }
 
+/// `%`, `|` and newline escaped, so the parts of a token cannot run together.
+fn token_part(text: &str) -> String {
+    text.replace('%', "%25").replace('|', "%7C").replace('\n', "%0A")
+}
+
+/// The stored search token a token search term matches: `param|system|value` for
+/// `system|value`, `param||value` for `|value` (no system), `param:value` for a value
+/// in any system.
+pub fn token_term(param: &str, system: Option<&str>, value: &str) -> String {
+    match system {
+        Some(system) => format!("{param}|{}|{}", token_part(system), token_part(value)),
+        None => format!("{param}:{}", token_part(value)),
+    }
+}
+
+/// The `tokens` of a report: for each indexed value but `imaging-study`, and each
+/// `meta.tag` of the stored `payload` (as `_tag`), its exact term (an absent system as
+/// "") and its any-system term; sorted, without repeats. Migration 0005 derives the
+/// same for the reports stored before it.
+pub fn search_tokens(index: &[IndexEntry], payload: &Value) -> Vec<String> {
+    let tags = payload.pointer("/meta/tag").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let values = index
+        .iter()
+        .filter(|e| e.param != IMAGING_STUDY)
+        .filter_map(|e| e.value.as_deref().map(|v| (e.param, e.system.as_deref(), v)))
+        .chain(tags.iter().filter_map(|t| {
+            t.get("code").and_then(Value::as_str).map(|code| ("_tag", t.get("system").and_then(Value::as_str), code))
+        }));
+    let mut tokens: Vec<String> =
+        values.flat_map(|(param, system, v)| [token_term(param, Some(system.unwrap_or("")), v), token_term(param, None, v)]).collect();
+    tokens.sort_unstable();
+    tokens.dedup();
+    tokens
+}
+
+const IMAGING_STUDY: &str = "imaging-study";
+
 /// A report as a source (bulk import, ORU^R01) describes it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReportUpsert {
@@ -79,6 +117,11 @@ pub struct ReportUpsert {
 }
 
 impl ReportUpsert {
+    /// The `imaging-study` entries of the index: the rows of `diagnostic_report_index`.
+    fn study_references(&self) -> impl Iterator<Item = &IndexEntry> {
+        self.index.iter().filter(|e| e.param == IMAGING_STUDY)
+    }
+
     fn payload_over(&self, row: &ReportRow) -> Value {
         carry_tags(&self.payload, &row.payload.0).unwrap_or_else(|| self.payload.clone())
     }
@@ -166,21 +209,22 @@ pub struct SqlReportStore {
 const COLUMN_TYPES: &[(&str, &str)] = &[
     ("id", "uuid"), ("tenant_id", "uuid"), ("business_key", "text"), ("source_id", "text"), ("patient_id", "text"),
     ("status", "text"), ("effective_at", "timestamptz"), ("issued", "timestamptz"), ("critical", "boolean"),
-    ("order_id", "uuid"), ("payload", "jsonb"), ("version", "integer"), ("created_at", "timestamptz"), ("updated_at", "timestamptz"),
+    ("order_id", "uuid"), ("payload", "json"), ("version", "integer"), ("created_at", "timestamptz"), ("updated_at", "timestamptz"),
+    ("tokens", "text[]"),
 ];
 
 const COLUMNS: &str = "id, tenant_id, business_key, source_id, patient_id, status, effective_at, issued, critical, \
                        order_id, payload, version, created_at, updated_at";
 
 const UPDATE_CHANGED: &str = "UPDATE diagnostic_reports SET source_id = $3, patient_id = $4, status = $5, effective_at = $6, \
-    issued = $7, critical = COALESCE($8, critical), order_id = COALESCE($9, order_id), payload = $10, version = version + 1, updated_at = $11 \
-    WHERE tenant_id = $1 AND id = $2";
+    issued = $7, critical = COALESCE($8, critical), order_id = COALESCE($9, order_id), payload = $10, version = version + 1, updated_at = $11, \
+    tokens = $12 WHERE tenant_id = $1 AND id = $2";
 
 const INSERT_VERSION: &str = "INSERT INTO diagnostic_report_versions (tenant_id, report_id, version, status, payload, recorded_at) \
     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant_id, report_id, version) DO NOTHING";
 
-/// Reports per multi-row statement on SQLite (14 arguments each); PostgreSQL takes a
-/// whole batch as one JSON argument.
+/// Reports per multi-row statement on SQLite (15 arguments each); PostgreSQL takes a
+/// whole batch as one array per column.
 const BATCH: usize = 500;
 /// Index rows per multi-row statement (6 arguments each; both backends allow 32,766).
 const INDEX_BATCH: usize = 4000;
@@ -240,24 +284,19 @@ impl SqlReportStore {
         }
         let terms = q.statuses.iter().map(|s| format!("r.status = {}", sql.arg(Arg::Text(s.clone())))).collect();
         any(sql, terms);
-        for (param, alternatives) in &q.tokens {
-            let terms: Vec<String> = alternatives
-                .iter()
-                .map(|(system, value)| {
-                    let v = sql.arg(Arg::Text(value.clone()));
-                    match system {
-                        Some(s) if s.is_empty() => format!("(i.value = {v} AND i.system IS NULL)"),
-                        Some(s) => format!("(i.value = {v} AND i.system = {})", sql.arg(Arg::Text(s.clone()))),
-                        None => format!("i.value = {v}"),
-                    }
-                })
-                .collect();
-            let p = sql.arg(Arg::Text(param.to_string()));
-            sql.push(&format!(
-                " AND EXISTS (SELECT 1 FROM diagnostic_report_index i WHERE i.tenant_id = r.tenant_id AND i.report_id = r.id \
-                 AND i.param = {p} AND ({}))",
-                terms.join(" OR ")
-            ));
+        let tags = (!q.tags.is_empty()).then(|| ("_tag", q.tags.clone()));
+        for (param, alternatives) in q.tokens.iter().chain(tags.as_ref()) {
+            let terms: Vec<String> = alternatives.iter().map(|(system, value)| token_term(param, system.as_deref(), value)).collect();
+            match &self.db {
+                Db::Postgres(_) => {
+                    let t = sql.arg(Arg::Array(ArrayArg::Text(terms.into_iter().map(Some).collect())));
+                    sql.push(&format!(" AND r.tokens && CAST({t} AS text[])"));
+                }
+                Db::Sqlite(_) => {
+                    let t = sql.arg(Arg::TextList(terms));
+                    sql.push(&format!(" AND EXISTS (SELECT 1 FROM json_each(r.tokens) t WHERE t.value IN (SELECT value FROM json_each({t})))"));
+                }
+            }
         }
         if let Some(m) = &q.imaging_study {
             let mut terms: Vec<String> =
@@ -273,7 +312,6 @@ impl SqlReportStore {
             ));
         }
         sql.push_bounds("r.effective_at", &q.effective).push_bounds("r.updated_at", &q.last_updated);
-        sql.push_tags(&self.db, "r.payload", &q.tags);
     }
 }
 
@@ -313,14 +351,15 @@ impl ReportStore for SqlReportStore {
                         }
                         sqlx::query(INSERT_VERSION).bind(tenant.0).bind(row.id).bind(row.version).bind(&row.status)
                             .bind(&row.payload).bind(row.updated_at).execute(&mut *tx).await?;
-                        sqlx::query(UPDATE_CHANGED)
+                        let tokens = search_tokens(&report.index, &payload);
+                        let update = sqlx::query(UPDATE_CHANGED)
                             .bind(tenant.0).bind(row.id).bind(&report.source_id).bind(&report.patient_id).bind(&report.status)
                             .bind(report.effective_at).bind(report.issued).bind(report.critical).bind(report.order_id)
-                            .bind(Json(&payload)).bind(now)
-                            .execute(&mut *tx).await?;
+                            .bind(Json(&payload)).bind(now);
+                        BindArray::bind_list(update, &tokens).execute(&mut *tx).await?;
                         sqlx::query("DELETE FROM diagnostic_report_index WHERE tenant_id = $1 AND report_id = $2")
                             .bind(tenant.0).bind(row.id).execute(&mut *tx).await?;
-                        reindex.extend(report.index.iter().map(|e| (row.id, e)));
+                        reindex.extend(report.study_references().map(|e| (row.id, e)));
                         outcomes[offset + i] = Some(UpsertOutcome::Updated(row.id));
                     }
                     pending.clear();
@@ -334,7 +373,7 @@ impl ReportStore for SqlReportStore {
                                     Arg::Uuid(*id), Arg::Uuid(tenant.0), Arg::Text(r.business_key.clone()), Arg::OptText(r.source_id.clone()),
                                     Arg::OptText(r.patient_id.clone()), Arg::Text(r.status.clone()), Arg::OptTime(r.effective_at),
                                     Arg::OptTime(r.issued), Arg::Bool(r.critical.unwrap_or(false)), Arg::OptUuid(r.order_id), Arg::JsonText(r.payload.to_string()),
-                                    Arg::OptInt32(Some(1)), Arg::Time(now), Arg::Time(now),
+                                    Arg::OptInt32(Some(1)), Arg::Time(now), Arg::Time(now), Arg::TextList(search_tokens(&r.index, &r.payload)),
                                 ]
                             })
                             .collect();
@@ -345,7 +384,7 @@ impl ReportStore for SqlReportStore {
                         for (i, id) in new {
                             if inserted.contains(&id) {
                                 outcomes[offset + i] = Some(UpsertOutcome::Created(id));
-                                reindex.extend(chunk[i].index.iter().map(|e| (id, e)));
+                                reindex.extend(chunk[i].study_references().map(|e| (id, e)));
                             } else {
                                 pending.push(i);
                             }
@@ -425,5 +464,34 @@ impl ReportStore for SqlReportStore {
         sql.push(&format!(" AND i.param = 'imaging-study' AND i.report_id IN ({})", ids.join(", ")));
         let links = on_db!(&self.db, pool => bind_args!(sqlx::query_as::<_, StudyLink>(&sql.text), &sql.args).fetch_all(pool).await)?;
         Ok(links)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn search_tokens_escape_and_match_what_migration_0005_derives() {
+        let entry = |param, system: Option<&str>, value: &str| IndexEntry {
+            param,
+            system: system.map(str::to_string),
+            value: Some(value.to_string()),
+            study_uid: None,
+        };
+        let index = [
+            entry("code", Some("http://loinc.org"), "123"),
+            entry("identifier", None, "X%1"),
+            entry("imaging-study", Some("ref"), "st1"),
+        ];
+        let payload = serde_json::json!({"meta": {"tag": [{"system": "urn:x", "code": "historical"}, {"code": "a|b"}]}});
+        // The terms migrations/*/0005 computed for the same report (checked on both backends).
+        assert_eq!(search_tokens(&index, &payload), [
+            "_tag:a%7Cb", "_tag:historical", "_tag|urn:x|historical", "_tag||a%7Cb", "code:123",
+            "code|http://loinc.org|123", "identifier:X%251", "identifier||X%251",
+        ]);
+        assert_eq!(token_term("code", None, "123"), "code:123");
+        assert_eq!(token_term("identifier", Some(""), "X%1"), "identifier||X%251");
+        assert_eq!(token_term("code", Some("a|b"), "x\ny"), "code|a%7Cb|x%0Ay");
     }
 }

@@ -162,7 +162,7 @@ const INSERT_VERSION: &str = "INSERT INTO imaging_study_versions (tenant_id, stu
     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant_id, study_id, version) DO NOTHING";
 
 /// Studies per multi-row statement on SQLite (18 arguments each; at most 32,766);
-/// PostgreSQL takes a whole batch as one JSON argument.
+/// PostgreSQL takes a whole batch as one array per column.
 const UPSERT_BATCH: usize = 500;
 
 impl SqlStudyStore {

@@ -216,23 +216,22 @@ pub fn message_inserts(db: &Db, rows: &[MessageRow]) -> Vec<Followup> {
         ("status", "text"), ("ack_code", "text"), ("ack", "bytea"), ("error", "text"), ("order_id", "uuid"), ("report_id", "uuid"),
         ("duplicates", "integer"), ("received_at", "timestamptz"), ("processed_at", "timestamptz"),
     ];
-    // Bytes do not travel in JSON: each row is bound as arguments (a batch is small).
     rows.chunks(db.batch_rows(rows.len(), 1000).min(1000))
         .map(|chunk| {
-            let names: Vec<&str> = COLUMNS.iter().map(|c| c.0).collect();
-            let mut sql = SqlBuf::new(format!("INSERT INTO hl7_messages ({}) VALUES ", names.join(", ")));
-            for (n, r) in chunk.iter().enumerate() {
-                let args = [
-                    Arg::Uuid(r.id), Arg::Uuid(r.tenant_id), Arg::OptUuid(r.connector_id), Arg::OptText(r.peer.clone()),
-                    Arg::OptText(r.message_type.clone()), Arg::OptText(r.control_id.clone()), Arg::OptText(r.version_id.clone()),
-                    Arg::OptText(r.sending_application.clone()), Arg::OptText(r.sending_facility.clone()), Arg::Text(r.content_hash.clone()),
-                    Arg::Bytes(r.raw.clone()), Arg::Text(r.status.clone()), Arg::OptText(r.ack_code.clone()), Arg::OptBytes(r.ack.clone()),
-                    Arg::OptText(r.error.clone()), Arg::OptUuid(r.order_id), Arg::OptUuid(r.report_id), Arg::Int(r.duplicates as i64),
-                    Arg::Time(r.received_at), Arg::Time(r.processed_at),
-                ];
-                let placeholders: Vec<String> = args.into_iter().map(|a| sql.arg(a)).collect();
-                sql.push(if n == 0 { "(" } else { ", (" }).push(&placeholders.join(", ")).push(")");
-            }
+            let values = chunk
+                .iter()
+                .map(|r| {
+                    vec![
+                        Arg::Uuid(r.id), Arg::Uuid(r.tenant_id), Arg::OptUuid(r.connector_id), Arg::OptText(r.peer.clone()),
+                        Arg::OptText(r.message_type.clone()), Arg::OptText(r.control_id.clone()), Arg::OptText(r.version_id.clone()),
+                        Arg::OptText(r.sending_application.clone()), Arg::OptText(r.sending_facility.clone()), Arg::Text(r.content_hash.clone()),
+                        Arg::Bytes(r.raw.clone()), Arg::Text(r.status.clone()), Arg::OptText(r.ack_code.clone()), Arg::OptBytes(r.ack.clone()),
+                        Arg::OptText(r.error.clone()), Arg::OptUuid(r.order_id), Arg::OptUuid(r.report_id), Arg::OptInt32(Some(r.duplicates)),
+                        Arg::Time(r.received_at), Arg::Time(r.processed_at),
+                    ]
+                })
+                .collect();
+            let mut sql = SqlBuf::bulk_insert(db, "hl7_messages", COLUMNS, values);
             // A control id stored before (a re-sent message, or one another process stored
             // first) rolls this transaction back: nothing is applied twice; the writer then
             // checks those messages for duplicates and answers with the stored ACK.
