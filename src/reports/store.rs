@@ -299,17 +299,34 @@ impl SqlReportStore {
             }
         }
         if let Some(m) = &q.imaging_study {
-            let mut terms: Vec<String> =
-                m.uids.iter().map(|u| format!("COALESCE(i.study_uid, m.business_key) = {}", sql.arg(Arg::Text(u.clone())))).collect();
-            terms.extend(m.ref_ids.iter().map(|r| format!("(i.system = 'ref' AND i.value = {})", sql.arg(Arg::Text(r.clone())))));
-            if terms.is_empty() {
-                terms.push("1 = 0".into());
+            // One index-friendly branch per way a report can name the study: the UID in
+            // the reference, a literal reference to the id the study had in its source
+            // (mapped to its UID by fhir_source_ids) when the reference names no UID, or
+            // the referenced id itself.
+            // The tenant as an argument, not r.tenant_id: the subquery is run once, not per report.
+            let tenant_arg = &t;
+            let mut branches: Vec<String> = Vec::new();
+            for uid in &m.uids {
+                let u = sql.arg(Arg::Text(uid.clone()));
+                branches.push(format!("SELECT i.report_id FROM diagnostic_report_index i WHERE i.tenant_id = {tenant_arg} AND i.study_uid = {u}"));
+                branches.push(format!(
+                    "SELECT i.report_id FROM fhir_source_ids m JOIN diagnostic_report_index i ON i.tenant_id = m.tenant_id \
+                     AND i.param = 'imaging-study' AND i.system = 'ref' AND i.value = m.source_id AND i.study_uid IS NULL \
+                     WHERE m.tenant_id = {tenant_arg} AND m.resource_type = 'ImagingStudy' AND m.business_key = {u}"
+                ));
             }
-            sql.push(&format!(
-                " AND EXISTS (SELECT 1 FROM diagnostic_report_index i {LINK_JOINS} WHERE i.tenant_id = r.tenant_id \
-                 AND i.report_id = r.id AND i.param = 'imaging-study' AND ({}))",
-                terms.join(" OR ")
-            ));
+            for ref_id in &m.ref_ids {
+                let v = sql.arg(Arg::Text(ref_id.clone()));
+                branches.push(format!(
+                    "SELECT i.report_id FROM diagnostic_report_index i WHERE i.tenant_id = {tenant_arg} \
+                     AND i.param = 'imaging-study' AND i.system = 'ref' AND i.value = {v}"
+                ));
+            }
+            if branches.is_empty() {
+                sql.push(" AND 1 = 0");
+            } else {
+                sql.push(&format!(" AND r.id IN ({})", branches.join(" UNION ALL ")));
+            }
         }
         sql.push_bounds("r.effective_at", &q.effective).push_bounds("r.updated_at", &q.last_updated);
     }
