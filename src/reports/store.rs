@@ -1,11 +1,13 @@
-//! Persistence of radiology reports. One SQL text for both backends.
+//! Persistence of radiology reports. One SQL text for both backends, but for the
+//! token search (a PostgreSQL array, JSON text on SQLite).
 //!
 //! A report row holds the FHIR DiagnosticReport (`payload`) and the columns searches
-//! need. The token and reference parameters identifier, category, code and based-on
-//! are the row's `tokens` (see [`search_tokens`]; a GIN index on PostgreSQL). The
-//! `imaging-study` references live one per row in `diagnostic_report_index`: links to
-//! imaging studies are resolved when read, so a report imported before its study (or
-//! whose study arrives later by sync) links as soon as the study exists.
+//! need. The token and reference parameters identifier, category, code and based-on,
+//! and the `_tag`s, are the row's `tokens` (see [`search_tokens`]; a GIN index on
+//! PostgreSQL). The `imaging-study` references live one per row in
+//! `diagnostic_report_index`: links to imaging studies are resolved when read, so a
+//! report imported before its study (or whose study arrives later by sync) links as
+//! soon as the study exists.
 
 use std::collections::{HashMap, HashSet};
 
