@@ -532,21 +532,7 @@ OBX|1|TX|19005-8^Impression^LN|1|IMPRESSION: Normal.||||||F\r"
     assert_eq!(study["basedOn"][0]["reference"], format!("ServiceRequest/{}", a["id"].as_str().unwrap()));
     validate_fhir(&[study, a["fhir"].clone()]);
 
-    let run = |connector: String, body: Value| {
-        let app = &app;
-        async move {
-            let r = app.post(&format!("{CONNECTORS}/{connector}/round-trip"), &app.admin(), &body).await;
-            assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
-            let location = r.header("location").unwrap().to_string();
-            let mut result = Value::Null;
-            wait_for("the round-trip run", Duration::from_secs(30), async || {
-                result = get(app, &location).await;
-                result["status"] != "running"
-            })
-            .await;
-            result
-        }
-    };
+    let run = |connector: String, body: Value| round_trip(&app, connector, body);
     let result = run(inbound_id.clone(), json!({})).await;
     assert_eq!(result["status"], "failed", "{result}");
     let chains = result["result"]["orders"]["chains"].as_array().unwrap();
@@ -631,18 +617,7 @@ async fn outbound_mllp_over_tls_checks_the_ris_certificate() {
         "ack_timeout_ms": 5000, "events": ["report_final"], "tls": tls});
     let run = |id: String| {
         let app = &app;
-        async move {
-            let r = app.post(&format!("{CONNECTORS}/{id}/round-trip"), &app.admin(), &json!({})).await;
-            assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
-            let location = r.header("location").unwrap().to_string();
-            let mut result = Value::Null;
-            wait_for("the round-trip run", Duration::from_secs(30), async || {
-                result = get(app, &location).await;
-                result["status"] != "running"
-            })
-            .await;
-            result["result"]["test_order"].clone()
-        }
+        async move { round_trip(app, id, json!({})).await["result"]["test_order"].clone() }
     };
     // Trusting the test CA: the test order goes over TLS and is acknowledged.
     let r = app.post(CONNECTORS, &app.admin(), &connector("RIS tls", json!({"enabled": true, "ca_pem": ca, "server_name": "localhost"}))).await;
@@ -661,4 +636,18 @@ async fn outbound_mllp_over_tls_checks_the_ris_certificate() {
     assert!(r.text.contains("tls.ca_pem"), "{}", r.text);
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// Starts a round-trip check of a connector and waits until it is no longer running.
+async fn round_trip(app: &TestApp, connector: String, body: Value) -> Value {
+    let r = app.post(&format!("{CONNECTORS}/{connector}/round-trip"), &app.admin(), &body).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let location = r.header("location").unwrap().to_string();
+    let mut result = Value::Null;
+    wait_for("the round-trip run", Duration::from_secs(30), async || {
+        result = get(app, &location).await;
+        result["status"] != "running"
+    })
+    .await;
+    result
 }

@@ -73,6 +73,30 @@ pub struct ConnectorRow {
 }
 
 impl ConnectorRow {
+    /// A new connector of `tenant` with nothing set yet: what a create request's body
+    /// is validated into.
+    pub fn blank(tenant: Uuid) -> Self {
+        let now = crate::db::now();
+        ConnectorRow {
+            id: Uuid::new_v4(),
+            tenant_id: tenant,
+            direction: String::new(),
+            name: String::new(),
+            sending_application: None,
+            sending_facility: None,
+            facility_id: None,
+            host: None,
+            port: None,
+            ack_timeout_ms: None,
+            retry: None,
+            tls: None,
+            events: Json(Vec::new()),
+            active: true,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
     pub fn cursor(&self) -> crate::pagination::Cursor {
         crate::pagination::Cursor { created_at: self.created_at, id: self.id }
     }
@@ -305,24 +329,7 @@ mod tests {
     use super::*;
 
     fn blank() -> ConnectorRow {
-        ConnectorRow {
-            id: Uuid::nil(),
-            tenant_id: Uuid::nil(),
-            direction: String::new(),
-            name: String::new(),
-            sending_application: None,
-            sending_facility: None,
-            facility_id: None,
-            host: None,
-            port: None,
-            ack_timeout_ms: None,
-            retry: None,
-            tls: None,
-            events: Json(Vec::new()),
-            active: true,
-            created_at: Utc::now(),
-            updated_at: Utc::now(),
-        }
+        ConnectorRow::blank(Uuid::nil())
     }
 
     fn obj(v: Value) -> Map<String, Value> {

@@ -462,10 +462,7 @@ impl Hl7Service {
                 for (row, (start, _)) in rows.iter_mut().zip(&spans) {
                     row.order_id = outcomes.get(*start).map(UpsertOutcome::id);
                 }
-                for (job, row) in wave.into_iter().zip(rows) {
-                    self.metrics.observe_hl7_message(row.message_type.as_deref(), "processed");
-                    let _ = job.reply.send(row.ack);
-                }
+                self.answer_processed(wave, rows);
             }
             Err(crate::db::StoreError::Fenced) if !checked => recheck.extend(wave),
             Err(e) if wave.len() > 1 => {
@@ -574,10 +571,7 @@ impl Hl7Service {
                 for (row, (start, _)) in rows.iter_mut().zip(&spans) {
                     row.report_id = outcomes.get(*start).map(UpsertOutcome::id);
                 }
-                for (job, row) in wave.into_iter().zip(rows) {
-                    self.metrics.observe_hl7_message(row.message_type.as_deref(), "processed");
-                    let _ = job.reply.send(row.ack);
-                }
+                self.answer_processed(wave, rows);
             }
             Err(crate::db::StoreError::Fenced) if !checked => recheck.extend(wave),
             Err(e) if wave.len() > 1 => {
@@ -587,6 +581,14 @@ impl Hl7Service {
                 }
             }
             Err(e) => self.failed_wave(wave, e),
+        }
+    }
+
+    /// Answers each message of a committed wave with the ACK stored in its log row.
+    fn answer_processed(&self, wave: Vec<Job>, rows: Vec<MessageRow>) {
+        for (job, row) in wave.into_iter().zip(rows) {
+            self.metrics.observe_hl7_message(row.message_type.as_deref(), "processed");
+            let _ = job.reply.send(row.ack);
         }
     }
 

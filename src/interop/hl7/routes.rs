@@ -10,7 +10,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
 use serde_json::{json, Map, Value};
-use sqlx::types::Json as SqlJson;
 use uuid::Uuid;
 
 use super::connectors::{self, ConnectorRow};
@@ -40,32 +39,10 @@ pub fn router() -> Router<AppState> {
         .route(&format!("{MESSAGES}/{{id}}/reprocess"), post(reprocess))
 }
 
-fn blank(tenant: Uuid) -> ConnectorRow {
-    let now = crate::db::now();
-    ConnectorRow {
-        id: Uuid::new_v4(),
-        tenant_id: tenant,
-        direction: String::new(),
-        name: String::new(),
-        sending_application: None,
-        sending_facility: None,
-        facility_id: None,
-        host: None,
-        port: None,
-        ack_timeout_ms: None,
-        retry: None,
-        tls: None,
-        events: SqlJson(Vec::new()),
-        active: true,
-        created_at: now,
-        updated_at: now,
-    }
-}
-
 #[tracing::instrument(skip_all, fields(tenant_id = %ctx.tenant))]
 async fn create_connector(State(state): State<AppState>, ctx: TenantCtx, JsonObject(body): JsonObject) -> ApiResult<Response> {
     ctx.require(Role::Admin)?;
-    let mut row = blank(ctx.tenant.0);
+    let mut row = ConnectorRow::blank(ctx.tenant.0);
     connectors::validate(&body, &mut row).map_err(ApiError::Validation)?;
     state.hl7.store.insert_connector(&row).await?;
     state.hl7.reload_routes().await;
