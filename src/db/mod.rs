@@ -55,6 +55,14 @@ impl Db {
             let pool = PgPoolOptions::new()
                 .max_connections(max_connections)
                 .acquire_timeout(Duration::from_secs(10))
+                // No ping before each checkout: it was a second round trip for every
+                // statement. A connection the server dropped fails its next statement
+                // and is discarded; HL7 answers AR (the sender sends again and is
+                // deduplicated), imports resume from their checkpoint, REST answers 5xx.
+                // Idle connections are closed after a minute, before firewalls and
+                // server-side timeouts typically cut them.
+                .test_before_acquire(false)
+                .idle_timeout(Duration::from_secs(60))
                 .connect_with(options)
                 .await
                 .context("connecting to PostgreSQL")?;

@@ -180,6 +180,10 @@ impl UpsertOutcome {
 pub struct Followup {
     pub sql: SqlBuf,
     pub fence: Fence,
+    /// It reads nothing the batch writes and its fence needs no row count (`None` or
+    /// `Unique`), so a writer may run it inside the batch's own statement (see
+    /// [`with_followups`]).
+    pub independent: bool,
 }
 
 /// What a follow-up must change for its transaction to commit.
@@ -190,6 +194,19 @@ pub enum Fence {
     AnyRow,
     /// Exactly this many rows (each insert new: nobody stored them first).
     Rows(u64),
+    /// A plain insert that must not meet this unique index (PostgreSQL, which names the
+    /// index in the error): a row stored first rolls the whole write back.
+    Unique(&'static str),
+}
+
+impl Fence {
+    /// Whether `e` is this fence refusing the write (a unique violation of its index).
+    pub fn refused(&self, e: &sqlx::Error) -> bool {
+        match (self, e) {
+            (Fence::Unique(index), sqlx::Error::Database(db)) => db.is_unique_violation() && db.constraint() == Some(*index),
+            _ => false,
+        }
+    }
 }
 
 /// Awaited by a batch writer just before its follow-ups and COMMIT; `false` rolls the
@@ -216,6 +233,60 @@ impl<'a> AfterWrite<'a> {
     }
 }
 
+/// `main` and its follow-ups as ONE PostgreSQL statement: each follow-up becomes a
+/// data-modifying `WITH` member, its placeholders numbered after `main`'s. Run outside
+/// a transaction ([`execute_alone`]) it is its own transaction: one round trip and one
+/// commit for all, and any error (a fence's unique index met, a unique key of `main`)
+/// writes nothing. Members see the database as it was before the statement, not each
+/// other's rows: only [`Followup::independent`] follow-ups may go in, `None` when one
+/// may not.
+pub fn with_followups(main: SqlBuf, followups: &[Followup]) -> Option<SqlBuf> {
+    if followups.iter().any(|f| !f.independent || !matches!(f.fence, Fence::None | Fence::Unique(_))) {
+        return None;
+    }
+    let mut members = Vec::with_capacity(followups.len());
+    let mut args = main.args;
+    for (i, f) in followups.iter().enumerate() {
+        members.push(format!("f{i} AS ({})", shift_placeholders(&f.sql.text, args.len())));
+        args.extend(f.sql.args.iter().cloned());
+    }
+    let text = if members.is_empty() { main.text } else { format!("WITH {} {}", members.join(", "), main.text) };
+    Some(SqlBuf { text, args })
+}
+
+/// Runs a statement of [`with_followups`] outside any transaction; a unique index one of
+/// `followups` fences with refusing it is `Fenced`. Returns the rows `main` changed.
+pub async fn execute_alone(pool: &sqlx::PgPool, sql: &SqlBuf, followups: &[Followup]) -> Result<u64, super::StoreError> {
+    match bind_args!(sqlx::query(&sql.text), &sql.args).execute(pool).await {
+        Ok(done) => Ok(done.rows_affected()),
+        Err(e) if followups.iter().any(|f| f.fence.refused(&e)) => Err(super::StoreError::Fenced),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `text` with every `$n` placeholder outside quoted literals raised by `offset`.
+fn shift_placeholders(text: &str, offset: usize) -> String {
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut chars = text.chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        out.push(c);
+        match c {
+            '\'' => quoted = !quoted,
+            '$' if !quoted && chars.peek().is_some_and(char::is_ascii_digit) => {
+                let mut n = 0usize;
+                while let Some(d) = chars.peek().and_then(|d| d.to_digit(10)) {
+                    n = n * 10 + d as usize;
+                    chars.next();
+                }
+                out.push_str(&(n + offset).to_string());
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
 /// Runs follow-ups inside the open transaction `$tx`; evaluates to
 /// `Err(StoreError::Fenced)` when a fence changed nothing.
 #[macro_export]
@@ -223,9 +294,16 @@ macro_rules! run_followups {
     ($tx:expr, $followups:expr) => {{
         let mut result: Result<(), $crate::db::StoreError> = Ok(());
         for f in $followups {
-            let n = $crate::bind_args!(sqlx::query(&f.sql.text), &f.sql.args).execute(&mut *$tx).await?.rows_affected();
+            let n = match $crate::bind_args!(sqlx::query(&f.sql.text), &f.sql.args).execute(&mut *$tx).await {
+                Ok(done) => done.rows_affected(),
+                Err(e) if f.fence.refused(&e) => {
+                    result = Err($crate::db::StoreError::Fenced);
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            };
             let fenced = match f.fence {
-                $crate::db::sql::Fence::None => false,
+                $crate::db::sql::Fence::None | $crate::db::sql::Fence::Unique(_) => false,
                 $crate::db::sql::Fence::AnyRow => n == 0,
                 $crate::db::sql::Fence::Rows(expected) => n != expected,
             };
@@ -413,5 +491,32 @@ impl SqlBuf {
             })
             .collect();
         self.push(&format!(" AND ({})", terms.join(" OR ")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_shift_outside_quoted_literals_only() {
+        assert_eq!(shift_placeholders("SELECT $1, $12, '$3', E'\\n', x$ FROM t WHERE a = $2", 20), "SELECT $21, $32, '$3', E'\\n', x$ FROM t WHERE a = $22");
+    }
+
+    #[test]
+    fn follow_ups_become_with_members_numbered_after_the_main_statement() {
+        let mut main = SqlBuf::new("INSERT INTO a (x, y) VALUES (");
+        let (x, y) = (main.arg(Arg::Int(1)), main.arg(Arg::Int(2)));
+        main.push(&format!("{x}, {y})"));
+        let mut b = SqlBuf::new("INSERT INTO b (z) VALUES (");
+        let z = b.arg(Arg::Int(3));
+        b.push(&format!("{z})"));
+        let followups = [Followup { sql: b.clone(), fence: Fence::Unique("b_z"), independent: true }];
+        let one = with_followups(main.clone(), &followups).expect("independent");
+        assert_eq!(one.text, "WITH f0 AS (INSERT INTO b (z) VALUES ($3)) INSERT INTO a (x, y) VALUES ($1, $2)");
+        assert!(matches!(one.args.as_slice(), [Arg::Int(1), Arg::Int(2), Arg::Int(3)]));
+        // A follow-up that reads the batch's rows, or counts rows, stays out.
+        assert!(with_followups(main.clone(), &[Followup { sql: b.clone(), fence: Fence::None, independent: false }]).is_none());
+        assert!(with_followups(main, &[Followup { sql: b, fence: Fence::Rows(1), independent: true }]).is_none());
     }
 }

@@ -210,7 +210,7 @@ pub async fn to_fhir_many(state: &AppState, tenant: TenantId, rows: &[OrderRow])
         .iter()
         .map(|row| {
             let study = links.iter().find(|l| l.order_id == row.id).map(|l| l.study_id);
-            render(row.id, &row.payload.0, row.version, row.updated_at, study)
+            render(row.id, &row.service_request(), row.version, row.updated_at, study)
         })
         .collect())
 }

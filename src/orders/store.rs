@@ -41,7 +41,6 @@ pub struct OrderRow {
     pub study_uid: Option<String>,
     pub facility_id: Option<Uuid>,
     pub state: Json<OrderState>,
-    pub payload: Json<Value>,
     pub version: i32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -50,6 +49,12 @@ pub struct OrderRow {
 impl OrderRow {
     pub fn cursor(&self) -> Cursor {
         Cursor { created_at: self.created_at, id: self.id }
+    }
+
+    /// The FHIR ServiceRequest of this version, rendered from its state (without `id`
+    /// and `meta`; see [`super::fhir::render`]).
+    pub fn service_request(&self) -> Value {
+        super::fhir::service_request(&self.state.0)
     }
 }
 
@@ -112,14 +117,14 @@ pub struct SqlOrderStore {
 
 const COLUMNS: &str = "id, tenant_id, business_key, placer_number, filler_number, accession_number, patient_id, status, order_control, \
     order_status, requested_procedure_id, procedure_code, modality, priority, ordering_provider, scheduled_at, study_uid, facility_id, \
-    state, payload, version, created_at, updated_at";
+    state, version, created_at, updated_at";
 
 const COLUMN_TYPES: &[(&str, &str)] = &[
     ("id", "uuid"), ("tenant_id", "uuid"), ("business_key", "text"), ("placer_number", "text"), ("filler_number", "text"),
     ("accession_number", "text"), ("patient_id", "text"), ("status", "text"), ("order_control", "text"), ("order_status", "text"),
     ("requested_procedure_id", "text"), ("procedure_code", "text"), ("modality", "text"), ("priority", "text"),
     ("ordering_provider", "text"), ("scheduled_at", "timestamptz"), ("study_uid", "text"), ("facility_id", "uuid"),
-    ("state", "json"), ("payload", "jsonb"), ("version", "integer"), ("created_at", "timestamptz"), ("updated_at", "timestamptz"),
+    ("state", "json"), ("version", "integer"), ("created_at", "timestamptz"), ("updated_at", "timestamptz"),
 ];
 
 /// Orders per multi-row statement on SQLite (23 arguments each).
@@ -130,20 +135,51 @@ impl SqlOrderStore {
         Self { db }
     }
 
-    /// The insert of new orders (`ON CONFLICT DO NOTHING RETURNING id`: the ids that went in).
+    /// The plain insert of new orders (append `ON CONFLICT …` for a lenient one).
     fn insert_new(&self, tenant: TenantId, chunk: &[OrderUpsert], new: &[(usize, Uuid, OrderState)], now: DateTime<Utc>) -> StoreResult<SqlBuf> {
         let mut rows = Vec::with_capacity(new.len());
         for (i, id, state) in new {
             let mut row = vec![Arg::Uuid(*id), Arg::Uuid(tenant.0), Arg::Text(chunk[*i].business_key.clone())];
             row.extend(state_columns(state));
             row.push(Arg::JsonText(serde_json::to_string(state).map_err(anyhow::Error::from)?));
-            row.push(Arg::JsonText(super::fhir::service_request(state).to_string()));
             row.extend([Arg::OptInt32(Some(1)), Arg::Time(now), Arg::Time(now)]);
             rows.push(row);
         }
-        let mut insert = SqlBuf::bulk_insert(&self.db, "orders", COLUMN_TYPES, rows);
+        Ok(SqlBuf::bulk_insert(&self.db, "orders", COLUMN_TYPES, rows))
+    }
+
+    /// The insert of new orders that skips those stored already: the ids that went in.
+    fn insert_new_returning(&self, tenant: TenantId, chunk: &[OrderUpsert], new: &[(usize, Uuid, OrderState)], now: DateTime<Utc>) -> StoreResult<SqlBuf> {
+        let mut insert = self.insert_new(tenant, chunk, new, now)?;
         insert.push(" ON CONFLICT (tenant_id, business_key) DO NOTHING RETURNING id");
         Ok(insert)
+    }
+
+    /// PostgreSQL, a batch of new orders (ORC-1 NW) whose follow-ups are independent
+    /// (the HL7 log rows): the orders and the follow-ups as ONE statement outside any
+    /// transaction, i.e. one round trip and one commit instead of BEGIN, two INSERTs and
+    /// COMMIT. When one of the orders exists already the statement meets the orders'
+    /// unique key and writes nothing; the batch then takes the general path, which looks
+    /// the existing orders up and merges. `Ok(Err(after))` hands the batch back.
+    async fn create_in_one_statement<'a>(&self, tenant: TenantId, orders: &[OrderUpsert], after: Option<AfterWrite<'a>>) -> StoreResult<Result<Vec<UpsertOutcome>, Option<AfterWrite<'a>>>> {
+        let Db::Postgres(pool) = &self.db else { return Ok(Err(after)) };
+        if orders.is_empty() || orders.iter().any(|o| o.control != "NW") || after.as_ref().is_some_and(|a| a.gate.is_some()) {
+            return Ok(Err(after));
+        }
+        let mut new: Vec<(usize, Uuid, OrderState)> = (0..orders.len()).map(|i| (i, Uuid::new_v4(), orders[i].apply(None))).collect();
+        new.sort_by(|a, b| orders[a.0].business_key.cmp(&orders[b.0].business_key));
+        let mut outcomes = vec![UpsertOutcome::Created(Uuid::nil()); orders.len()];
+        for (i, id, _) in &new {
+            outcomes[*i] = UpsertOutcome::Created(*id);
+        }
+        let followups = after.as_ref().map(|a| (a.followups)(&outcomes)).unwrap_or_default();
+        let insert = self.insert_new(tenant, orders, &new, crate::db::now())?;
+        let Some(statement) = crate::db::sql::with_followups(insert, &followups) else { return Ok(Err(after)) };
+        match crate::db::sql::execute_alone(pool, &statement, &followups).await {
+            Ok(_) => Ok(Ok(outcomes)),
+            Err(StoreError::Conflict(index)) if index == "orders_tenant_key" => Ok(Err(after)),
+            Err(e) => Err(e),
+        }
     }
 
     fn where_clause(&self, tenant: TenantId, q: &OrderQuery, sql: &mut SqlBuf) {
@@ -182,7 +218,10 @@ impl SqlOrderStore {
         let terms = q.codes.iter().map(|v| format!("o.procedure_code = {}", sql.arg(Arg::Text(v.clone())))).collect();
         any(sql, terms);
         sql.push_bounds("o.scheduled_at", &q.scheduled).push_bounds("o.updated_at", &q.last_updated);
-        sql.push_tags(&self.db, "o.payload", &q.tags);
+        if !q.tags.is_empty() {
+            // No ServiceRequest carries a meta.tag (orders come from HL7 messages).
+            sql.push(" AND 1 = 0");
+        }
     }
 }
 
@@ -211,13 +250,17 @@ fn state_columns(state: &OrderState) -> Vec<Arg> {
 
 const UPDATE: &str = "UPDATE orders SET placer_number = $3, filler_number = $4, accession_number = $5, patient_id = $6, status = $7, \
     order_control = $8, order_status = $9, requested_procedure_id = $10, procedure_code = $11, modality = $12, priority = $13, \
-    ordering_provider = $14, scheduled_at = $15, study_uid = $16, facility_id = $17, state = $18, payload = $19, version = version + 1, \
-    updated_at = $20 WHERE tenant_id = $1 AND id = $2";
+    ordering_provider = $14, scheduled_at = $15, study_uid = $16, facility_id = $17, state = $18, version = version + 1, \
+    updated_at = $19 WHERE tenant_id = $1 AND id = $2";
 
 #[async_trait]
 impl OrderStore for SqlOrderStore {
     #[tracing::instrument(skip_all, fields(tenant_id = %tenant, orders = orders.len()))]
     async fn upsert_batch(&self, tenant: TenantId, orders: &[OrderUpsert], after: Option<AfterWrite<'_>>) -> StoreResult<Vec<UpsertOutcome>> {
+        let after = match self.create_in_one_statement(tenant, orders, after).await? {
+            Ok(outcomes) => return Ok(outcomes),
+            Err(after) => after,
+        };
         on_db!(&self.db, pool => async {
             let now = crate::db::now();
             let mut tx = begin_write(pool).await?;
@@ -231,7 +274,7 @@ impl OrderStore for SqlOrderStore {
                 if chunk.iter().all(|o| o.control == "NW") {
                     let mut new: Vec<(usize, Uuid, OrderState)> = (0..chunk.len()).map(|i| (i, Uuid::new_v4(), chunk[i].apply(None))).collect();
                     new.sort_by(|a, b| chunk[a.0].business_key.cmp(&chunk[b.0].business_key));
-                    let insert = self.insert_new(tenant, chunk, &new, now)?;
+                    let insert = self.insert_new_returning(tenant, chunk, &new, now)?;
                     let inserted: std::collections::HashSet<Uuid> =
                         bind_args!(sqlx::query_scalar::<_, Uuid>(&insert.text), &insert.args).fetch_all(&mut *tx).await?.into_iter().collect();
                     pending.clear();
@@ -263,17 +306,16 @@ impl OrderStore for SqlOrderStore {
                             outcomes[offset + i] = Some(UpsertOutcome::Unchanged(row.id));
                             continue;
                         }
-                        let payload = super::fhir::service_request(&state);
+                        // The version replaced keeps the ServiceRequest it rendered to.
                         sqlx::query("INSERT INTO order_versions (tenant_id, order_id, version, status, payload, recorded_at) \
                                      VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant_id, order_id, version) DO NOTHING")
-                            .bind(tenant.0).bind(row.id).bind(row.version).bind(&row.status).bind(&row.payload).bind(row.updated_at)
+                            .bind(tenant.0).bind(row.id).bind(row.version).bind(&row.status).bind(Json(row.service_request())).bind(row.updated_at)
                             .execute(&mut *tx).await?;
                         let mut update = SqlBuf::new(UPDATE);
                         update.args.push(Arg::Uuid(tenant.0));
                         update.args.push(Arg::Uuid(row.id));
                         update.args.extend(state_columns(&state));
                         update.args.push(Arg::Json(serde_json::to_value(&state).map_err(anyhow::Error::from)?));
-                        update.args.push(Arg::Json(payload));
                         update.args.push(Arg::Time(now));
                         bind_args!(sqlx::query(&update.text), &update.args).execute(&mut *tx).await?;
                         outcomes[offset + i] = Some(UpsertOutcome::Updated(row.id));
@@ -281,7 +323,7 @@ impl OrderStore for SqlOrderStore {
                     pending.clear();
                     new.sort_by(|a, b| chunk[a.0].business_key.cmp(&chunk[b.0].business_key));
                     if !new.is_empty() {
-                        let insert = self.insert_new(tenant, chunk, &new, now)?;
+                        let insert = self.insert_new_returning(tenant, chunk, &new, now)?;
                         let inserted: std::collections::HashSet<Uuid> =
                             bind_args!(sqlx::query_scalar::<_, Uuid>(&insert.text), &insert.args).fetch_all(&mut *tx).await?.into_iter().collect();
                         for (i, id, _) in new {
@@ -318,7 +360,7 @@ impl OrderStore for SqlOrderStore {
     async fn get_version(&self, tenant: TenantId, id: Uuid, version: i32) -> StoreResult<OrderVersion> {
         let current = self.get(tenant, id).await?;
         if current.version == version {
-            return Ok(OrderVersion { order_id: id, version, status: current.status, payload: current.payload, recorded_at: current.updated_at });
+            return Ok(OrderVersion { order_id: id, version, status: current.status.clone(), payload: Json(current.service_request()), recorded_at: current.updated_at });
         }
         let sql = "SELECT order_id, version, status, payload, recorded_at FROM order_versions WHERE tenant_id = $1 AND order_id = $2 AND version = $3";
         let row = on_db!(&self.db, pool => sqlx::query_as::<_, OrderVersion>(sql).bind(tenant.0).bind(id).bind(version).fetch_optional(pool).await)?;

@@ -295,6 +295,24 @@ async fn a_resent_message_gets_the_original_ack_and_a_reused_control_id_is_flagg
     assert_eq!(rows.len(), 2, "{log}");
     assert_eq!((rows[0]["status"].as_str(), rows[0]["duplicates"].as_i64()), (Some("processed"), Some(2)));
     assert_eq!(rows[1]["status"], "conflict");
+    // A new order (NW) for an order stored already, under a new control id: applied to
+    // the stored order, not a second one (unchanged, then a new version when it changes).
+    let ack = client.send(&orm("DUP-2", "PLD1", "ACCD1", "1.2.3.1")).await.unwrap();
+    assert_eq!(ack_field(&ack, "MSA", 1, 1).as_deref(), Some("AA"), "{ack}");
+    assert_eq!(order_by_accession(&app, "ACCD1").await["version"], 1, "nothing changed");
+    let ack = client.send(&orm("DUP-3", "PLD1", "ACCD1", "1.2.3.11")).await.unwrap();
+    assert_eq!(ack_field(&ack, "MSA", 1, 1).as_deref(), Some("AA"), "{ack}");
+    let o = order_by_accession(&app, "ACCD1").await;
+    assert_eq!((o["version"].as_i64(), o["study_instance_uid"].as_str()), (Some(2), Some("1.2.3.11")), "{o}");
+    // A refused message sent again gets its stored ACK too, and is logged once.
+    let bad: String = String::from_utf8(orm("BAD-1", "PLB1", "ACCB1", "1.2.3.3")).unwrap().split_inclusive('\r').filter(|s| !s.starts_with("OBR|")).collect();
+    let refused = client.send(bad.as_bytes()).await.unwrap();
+    assert_eq!(ack_field(&refused, "MSA", 1, 1).as_deref(), Some("AE"), "{refused}");
+    assert_eq!(other.send(bad.as_bytes()).await.unwrap(), refused, "the stored ACK, byte for byte");
+    let log = get(&app, "/v1/radiology/hl7-messages?control_id=BAD-1").await;
+    let bad_rows = log["items"].as_array().unwrap();
+    assert_eq!(bad_rows.len(), 1, "{log}");
+    assert_eq!((bad_rows[0]["status"].as_str(), bad_rows[0]["duplicates"].as_i64()), (Some("error"), Some(1)), "{log}");
     // Pipelined: three messages written at once are answered in order.
     let mut bytes = Vec::new();
     for i in 0..3 {
@@ -319,6 +337,34 @@ async fn a_resent_message_gets_the_original_ack_and_a_reused_control_id_is_flagg
     assert_eq!(r.json()["status"], "processed");
     let r = app.post(&format!("/v1/radiology/hl7-messages/{id}/reprocess"), &app.reader(), &json!({})).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
+}
+
+/// Several writers: the same message sent on six connections at once is applied once;
+/// whichever copy a writer stores first is the original, the others meet the unique
+/// index and get its ACK.
+#[tokio::test]
+async fn the_same_message_on_many_connections_at_once_is_applied_once() {
+    let (url, dir) = crate::helpers::fresh_database().await;
+    let app = TestApp::spawn_with(radiology::config::Config { data_dir: dir.path().into(), mllp_writers: 4, ..TestApp::config_for(&url) }).await;
+    inbound_connector(&app).await;
+    for round in 0..5 {
+        let control = format!("SAME-{round}");
+        let message = orm(&control, &format!("PLS{round}"), &format!("ACCS{round}"), &format!("1.2.3.5.{round}"));
+        let sends = (0..6).map(|_| {
+            let (addr, message) = (app.mllp.clone(), message.clone());
+            tokio::spawn(async move { Client::connect(&addr).await.send(&message).await.unwrap() })
+        });
+        let acks: Vec<String> = futures_util::future::join_all(sends).await.into_iter().map(Result::unwrap).collect();
+        for ack in &acks {
+            assert_eq!(ack, &acks[0], "every copy gets the original's ACK");
+        }
+        assert_eq!(ack_field(&acks[0], "MSA", 1, 1).as_deref(), Some("AA"), "{}", acks[0]);
+        assert_eq!(order_by_accession(&app, &format!("ACCS{round}")).await["version"], 1);
+        let log = get(&app, &format!("/v1/radiology/hl7-messages?control_id={control}")).await;
+        let rows = log["items"].as_array().unwrap();
+        assert_eq!(rows.len(), 1, "{log}");
+        assert_eq!((rows[0]["status"].as_str(), rows[0]["duplicates"].as_i64()), (Some("processed"), Some(5)), "{log}");
+    }
 }
 
 /// A real `radiology serve` takes a stream of orders on four connections and is

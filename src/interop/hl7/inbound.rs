@@ -266,7 +266,7 @@ impl Hl7Service {
     }
 
     /// Starts the writer; messages go to it through [`Hl7Service::submit`].
-    pub fn spawn_writer(self: &Arc<Self>, mut rx: mpsc::Receiver<Job>) -> tokio::task::JoinHandle<()> {
+    pub fn spawn_writer(self: &Arc<Self>, queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>) -> tokio::task::JoinHandle<()> {
         let service = self.clone();
         let mut stop = self.stop.subscribe();
         tokio::spawn(async move {
@@ -274,6 +274,21 @@ impl Hl7Service {
             let mut carried: Vec<Job> = Vec::new();
             loop {
                 let mut batch = std::mem::take(&mut carried);
+                // One writer at a time waits on the queue; it takes what is there and
+                // lets the next free writer wait. A writer with messages carried over
+                // does not wait for the queue (another writer may be waiting on it for
+                // new messages): it adds what it can take at once.
+                let mut rx = if batch.is_empty() {
+                    queue.lock().await
+                } else {
+                    match queue.try_lock() {
+                        Ok(rx) => rx,
+                        Err(_) => {
+                            carried = service.write_batch(batch).await;
+                            continue;
+                        }
+                    }
+                };
                 if batch.is_empty() {
                     // On shutdown, messages still queued are stored first; a message
                     // submitted after the writer ended is answered AR.
@@ -297,6 +312,7 @@ impl Hl7Service {
                         Err(_) => break,
                     }
                 }
+                drop(rx);
                 carried = service.write_batch(batch).await;
             }
         })
@@ -306,19 +322,7 @@ impl Hl7Service {
     pub async fn submit(&self, prepared: Prepared) -> Option<Vec<u8>> {
         let (reply, answer) = oneshot::channel();
         let fallback = ack_bytes(prepared.message.as_ref(), &prepared.mode, AckCode::AR, Some(&error("MSH", 1, 0, 207, "the service is shutting down; send the message again")));
-        // One control id of one sender always goes to the same writer: its duplicate
-        // check and its store are never concurrent.
-        let shard = match prepared.key() {
-            Some((t, c, id)) => {
-                let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-                for b in t.as_bytes().iter().chain(c.as_bytes()).chain(id.as_bytes()) {
-                    h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-                }
-                (h % self.writers.len() as u64) as usize
-            }
-            None => 0,
-        };
-        if self.writers[shard].send(Job { prepared, reply }).await.is_err() {
+        if self.queue.send(Job { prepared, reply }).await.is_err() {
             return fallback;
         }
         answer.await.unwrap_or(fallback)
@@ -378,9 +382,7 @@ impl Hl7Service {
                 None => Vec::new(),
             };
             if let Some(original) = same_key.iter().find(|p| p.content_hash == job.prepared.row.content_hash) {
-                duplicates.push(original.id);
-                self.metrics.observe_hl7_message(job.prepared.row.message_type.as_deref(), "duplicate");
-                let _ = job.reply.send(original.ack.clone());
+                duplicates.push((original.id, job, original.ack.clone()));
                 continue;
             }
             if let Some(first) = same_key.first() {
@@ -400,8 +402,15 @@ impl Hl7Service {
             }
         }
         if !duplicates.is_empty() {
-            if let Err(e) = self.store.count_duplicates(&duplicates).await {
+            // Counted before the answers go: a sender that reads the log after its ACK
+            // sees its copy counted.
+            let originals: Vec<Uuid> = duplicates.iter().map(|d| d.0).collect();
+            if let Err(e) = self.store.count_duplicates(&originals).await {
                 tracing::warn!(error.cause_chain = ?e, "could not count duplicate HL7 messages");
+            }
+            for (_, job, ack) in duplicates {
+                self.metrics.observe_hl7_message(job.prepared.row.message_type.as_deref(), "duplicate");
+                let _ = job.reply.send(ack);
             }
         }
         self.apply_all(apply, log_only, true, &mut recheck).await;

@@ -48,8 +48,9 @@ pub struct Hl7Settings {
     pub max_message_bytes: usize,
     pub idle_timeout: std::time::Duration,
     pub batch_max: usize,
-    /// Writers storing messages at once (messages are spread by sender and control id,
-    /// so one control id always goes to the same writer).
+    /// Writers storing messages at once: each takes what is queued when it is free (a
+    /// control id two writers store at once meets the unique index, and the second
+    /// is answered as a duplicate).
     pub writers: usize,
     pub default_offset: FixedOffset,
     pub outbound_enabled: bool,
@@ -85,8 +86,10 @@ pub struct Hl7Service {
     pub settings: Hl7Settings,
     pub metrics: Arc<Metrics>,
     routes: RwLock<Routes>,
-    writers: Vec<mpsc::Sender<Job>>,
-    writer_rx: std::sync::Mutex<Option<Vec<mpsc::Receiver<Job>>>>,
+    /// Messages waiting for a writer (one queue: a free writer takes what is there).
+    queue: mpsc::Sender<Job>,
+    queue_rx: std::sync::Mutex<Option<mpsc::Receiver<Job>>>,
+    writer_count: usize,
     stop: watch::Sender<bool>,
     /// Who holds outbound leases: this process.
     owner: String,
@@ -104,8 +107,8 @@ impl Hl7Service {
         metrics: Arc<Metrics>,
     ) -> Self {
         // SQLite has one writer at a time anyway.
-        let n = if matches!(db, Db::Sqlite(_)) { 1 } else { settings.writers.max(1) };
-        let (writers, receivers): (Vec<_>, Vec<_>) = (0..n).map(|_| mpsc::channel(4096)).unzip();
+        let writer_count = if matches!(db, Db::Sqlite(_)) { 1 } else { settings.writers.max(1) };
+        let (queue, queue_rx) = mpsc::channel(4096);
         let (stop, _) = watch::channel(false);
         Self {
             store,
@@ -116,8 +119,9 @@ impl Hl7Service {
             settings,
             metrics,
             routes: RwLock::new((None, HashMap::new())),
-            writers,
-            writer_rx: std::sync::Mutex::new(Some(receivers)),
+            queue,
+            queue_rx: std::sync::Mutex::new(Some(queue_rx)),
+            writer_count,
             stop,
             owner: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
         }
@@ -126,8 +130,11 @@ impl Hl7Service {
     /// Starts the writer and (when enabled) the outbox worker; `listener` serves MLLP.
     pub fn spawn(self: &Arc<Self>, listener: Option<tokio::net::TcpListener>) -> Vec<tokio::task::JoinHandle<()>> {
         let mut tasks = Vec::new();
-        for rx in self.writer_rx.lock().expect("lock").take().unwrap_or_default() {
-            tasks.push(self.spawn_writer(rx));
+        if let Some(rx) = self.queue_rx.lock().expect("lock").take() {
+            let rx = Arc::new(tokio::sync::Mutex::new(rx));
+            for _ in 0..self.writer_count {
+                tasks.push(self.spawn_writer(rx.clone()));
+            }
         }
         if let Some(l) = listener {
             tasks.push(tokio::spawn(listener::serve(l, self.clone(), self.stop.subscribe())));

@@ -13,7 +13,7 @@ use crate::db::error::StoreResult;
 use crate::db::sql::{Arg, Bound, Fence, Followup, SqlBuf};
 use crate::db::{begin_write, Db, StoreError};
 use crate::pagination::PageRequest;
-use crate::{bind_args, on_db};
+use crate::{bind_args, on_db, run_followups};
 
 /// A row of the message log.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -235,8 +235,16 @@ pub fn message_inserts(db: &Db, rows: &[MessageRow]) -> Vec<Followup> {
             // A control id stored before (a re-sent message, or one another process stored
             // first) rolls this transaction back: nothing is applied twice; the writer then
             // checks those messages for duplicates and answers with the stored ACK.
-            sql.push(" ON CONFLICT (tenant_id, connector_id, control_id) WHERE status <> 'conflict' DO NOTHING");
-            Followup { sql, fence: Fence::Rows(chunk.len() as u64) }
+            // PostgreSQL names the unique index it met, so the insert is plain and may run
+            // inside the batch's own statement; SQLite's inserts are counted instead.
+            let fence = match db {
+                Db::Postgres(_) => Fence::Unique("hl7_messages_control_once"),
+                Db::Sqlite(_) => {
+                    sql.push(" ON CONFLICT (tenant_id, connector_id, control_id) WHERE status <> 'conflict' DO NOTHING");
+                    Fence::Rows(chunk.len() as u64)
+                }
+            };
+            Followup { sql, fence, independent: true }
         })
         .collect()
 }
@@ -259,7 +267,8 @@ pub fn enqueue_event(tenant: TenantId, event: &str, resource_type: &str, table: 
     sql.push(&format!("{t} AND c.direction = 'outbound' AND c.active = TRUE AND CAST(c.events AS TEXT) LIKE {pattern} {filter} AND r.id IN ("));
     let ids: Vec<String> = ids.iter().map(|id| sql.arg(Arg::Uuid(*id))).collect();
     sql.push(&ids.join(", ")).push(") ORDER BY r.id ON CONFLICT (connector_id, event, resource_id, resource_version) DO NOTHING");
-    Some(Followup { sql, fence: Fence::None })
+    // It reads the batch's rows: it runs after them.
+    Some(Followup { sql, fence: Fence::None, independent: false })
 }
 
 #[async_trait]
@@ -371,9 +380,8 @@ impl Hl7Store for SqlHl7Store {
         }
         on_db!(&self.db, pool => async {
             let mut tx = begin_write(pool).await?;
-            for f in message_inserts(&self.db, rows) {
-                bind_args!(sqlx::query(&f.sql.text), &f.sql.args).execute(&mut *tx).await?;
-            }
+            // A control id stored before is `Fenced`: the writer checks it for a duplicate.
+            run_followups!(tx, message_inserts(&self.db, rows))?;
             tx.commit().await?;
             Ok::<_, StoreError>(())
         }.await)

@@ -142,7 +142,7 @@ pub fn checkpoint(job: Uuid, owner: &str, position: i32, p: &Progress) -> Follow
         " WHERE job_id = {j} AND position = {pos} AND byte_offset = {start} AND EXISTS \
          (SELECT 1 FROM import_jobs j WHERE j.id = {j} AND j.status = 'running' AND j.lease_owner = {o})"
     ));
-    Followup { sql, fence: Fence::AnyRow }
+    Followup { sql, fence: Fence::AnyRow, independent: false }
 }
 
 /// Rejected lines of a batch (a line rejected twice, after a resume, is kept once).
@@ -157,7 +157,7 @@ pub fn rejected_lines(db: &Db, tenant: TenantId, job: Uuid, position: i32, lines
         .collect();
     let mut sql = SqlBuf::bulk_insert(db, "import_errors", &columns, rows);
     sql.push(" ON CONFLICT (job_id, position, line) DO NOTHING");
-    vec![Followup { sql, fence: Fence::None }]
+    vec![Followup { sql, fence: Fence::None, independent: true }]
 }
 
 /// Remembers the source ids of imported resources (`ImagingStudy/<source id>`).
@@ -172,7 +172,7 @@ pub fn source_ids(db: &Db, tenant: TenantId, resource_type: &str, ids: &[(String
         .collect();
     let mut sql = SqlBuf::bulk_insert(db, "fhir_source_ids", &columns, rows);
     sql.push(" ON CONFLICT (tenant_id, resource_type, source_id) DO UPDATE SET business_key = excluded.business_key");
-    vec![Followup { sql, fence: Fence::None }]
+    vec![Followup { sql, fence: Fence::None, independent: true }]
 }
 
 pub struct SqlImportStore {
