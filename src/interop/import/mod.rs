@@ -281,18 +281,35 @@ impl ImportService {
 
     async fn run_inputs(&self, tenant: TenantId, job: &JobRow, lost: &AtomicBool, on_progress: Option<OnProgress<'_>>) -> Result<(), RunError> {
         let (_, inputs) = self.store.get(tenant, job.id).await?;
-        // Inputs run one after the other: two inputs writing at once could hold rows
-        // the other waits for while each waits on its own commit order.
+        // Inputs of one resource type run one after the other: two of them writing at
+        // once could hold rows the other waits for while each waits on its own commit
+        // order. Inputs of different types share no rows (studies and reports are
+        // linked when read), so on PostgreSQL each type runs at the same time as the
+        // other; SQLite has one writer anyway.
+        let mut by_type: Vec<Vec<&InputRow>> = Vec::new();
         for input in inputs.iter().filter(|i| !i.done) {
-            self.run_input(tenant, job.id, input, lost, &|| async {
-                if let Some(on_progress) = on_progress {
-                    if let Ok((_, now)) = self.store.get(tenant, job.id).await {
-                        on_progress(&now);
-                    }
-                }
-            })
-            .await?;
+            let concurrent = matches!(self.store.db(), crate::db::Db::Postgres(_));
+            match by_type.iter_mut().find(|g| !concurrent || g[0].resource_type == input.resource_type) {
+                Some(group) => group.push(input),
+                None => by_type.push(vec![input]),
+            }
         }
+        let progress = || async {
+            if let Some(on_progress) = on_progress {
+                if let Ok((_, now)) = self.store.get(tenant, job.id).await {
+                    on_progress(&now);
+                }
+            }
+        };
+        let groups = by_type.into_iter().map(|group| async move {
+            for input in group {
+                self.run_input(tenant, job.id, input, lost, &progress).await?;
+            }
+            Ok::<(), RunError>(())
+        });
+        // The first failure ends the job; the other type's batch in hand is rolled back
+        // and resumes from its checkpoint with the job.
+        futures_util::future::try_join_all(groups).await?;
         Ok(())
     }
 
