@@ -286,9 +286,9 @@ impl ImportService {
         // order. Inputs of different types share no rows (studies and reports are
         // linked when read), so on PostgreSQL each type runs at the same time as the
         // other; SQLite has one writer anyway.
+        let concurrent = matches!(self.store.db(), crate::db::Db::Postgres(_));
         let mut by_type: Vec<Vec<&InputRow>> = Vec::new();
         for input in inputs.iter().filter(|i| !i.done) {
-            let concurrent = matches!(self.store.db(), crate::db::Db::Postgres(_));
             match by_type.iter_mut().find(|g| !concurrent || g[0].resource_type == input.resource_type) {
                 Some(group) => group.push(input),
                 None => by_type.push(vec![input]),
