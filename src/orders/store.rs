@@ -166,8 +166,7 @@ impl SqlOrderStore {
         if orders.is_empty() || orders.iter().any(|o| o.control != "NW") || after.as_ref().is_some_and(|a| a.gate.is_some()) {
             return Ok(Err(after));
         }
-        let mut new: Vec<(usize, Uuid, OrderState)> = (0..orders.len()).map(|i| (i, Uuid::new_v4(), orders[i].apply(None))).collect();
-        new.sort_by(|a, b| orders[a.0].business_key.cmp(&orders[b.0].business_key));
+        let new = all_new(orders);
         let mut outcomes = vec![UpsertOutcome::Created(Uuid::nil()); orders.len()];
         for (i, id, _) in &new {
             outcomes[*i] = UpsertOutcome::Created(*id);
@@ -225,6 +224,14 @@ impl SqlOrderStore {
     }
 }
 
+/// Every order of `orders` as a new one: (index, new id, state), in business-key order
+/// (the order rows are inserted, and locked, in).
+fn all_new(orders: &[OrderUpsert]) -> Vec<(usize, Uuid, OrderState)> {
+    let mut new: Vec<(usize, Uuid, OrderState)> = orders.iter().enumerate().map(|(i, o)| (i, Uuid::new_v4(), o.apply(None))).collect();
+    new.sort_by(|a, b| orders[a.0].business_key.cmp(&orders[b.0].business_key));
+    new
+}
+
 /// The column values of a state, in [`COLUMN_TYPES`] order from `placer_number` to
 /// `facility_id`.
 fn state_columns(state: &OrderState) -> Vec<Arg> {
@@ -272,8 +279,7 @@ impl OrderStore for SqlOrderStore {
                 // New orders (NW) are inserted straight away; only those that exist already
                 // are looked up and merged (one statement fewer for the common case).
                 if chunk.iter().all(|o| o.control == "NW") {
-                    let mut new: Vec<(usize, Uuid, OrderState)> = (0..chunk.len()).map(|i| (i, Uuid::new_v4(), chunk[i].apply(None))).collect();
-                    new.sort_by(|a, b| chunk[a.0].business_key.cmp(&chunk[b.0].business_key));
+                    let new = all_new(chunk);
                     let insert = self.insert_new_returning(tenant, chunk, &new, now)?;
                     let inserted: std::collections::HashSet<Uuid> =
                         bind_args!(sqlx::query_scalar::<_, Uuid>(&insert.text), &insert.args).fetch_all(&mut *tx).await?.into_iter().collect();
