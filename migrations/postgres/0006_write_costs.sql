@@ -18,3 +18,8 @@ BEGIN
 EXCEPTION WHEN feature_not_supported THEN
     RAISE NOTICE 'lz4 is not available; payloads keep pglz compression';
 END $$;
+
+-- 3. Imported studies have no PACS endpoint: the endpoint index keeps only the studies
+--    that have one (the only ones its queries, `pacs_endpoint_id = …`, can find).
+DROP INDEX imaging_studies_endpoint;
+CREATE INDEX imaging_studies_endpoint ON imaging_studies (pacs_endpoint_id) WHERE pacs_endpoint_id IS NOT NULL;

@@ -225,9 +225,10 @@ impl SqlOrderStore {
 }
 
 /// Every order of `orders` as a new one: (index, new id, state), in business-key order
-/// (the order rows are inserted, and locked, in).
+/// (the order rows are inserted, and locked, in). Ids are time-ordered (UUID v7), so
+/// new rows append at the primary key's right edge instead of a random leaf.
 fn all_new(orders: &[OrderUpsert]) -> Vec<(usize, Uuid, OrderState)> {
-    let mut new: Vec<(usize, Uuid, OrderState)> = orders.iter().enumerate().map(|(i, o)| (i, Uuid::new_v4(), o.apply(None))).collect();
+    let mut new: Vec<(usize, Uuid, OrderState)> = orders.iter().enumerate().map(|(i, o)| (i, Uuid::now_v7(), o.apply(None))).collect();
     new.sort_by(|a, b| orders[a.0].business_key.cmp(&orders[b.0].business_key));
     new
 }
@@ -304,7 +305,7 @@ impl OrderStore for SqlOrderStore {
                     for &i in &pending {
                         let order = &chunk[i];
                         let Some(row) = by_key.get(order.business_key.as_str()) else {
-                            new.push((i, Uuid::new_v4(), order.apply(None)));
+                            new.push((i, Uuid::now_v7(), order.apply(None)));
                             continue;
                         };
                         let state = order.apply(Some(&row.state.0));

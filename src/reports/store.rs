@@ -360,7 +360,7 @@ impl ReportStore for SqlReportStore {
                     for &i in &pending {
                         let report = &chunk[i];
                         let Some(row) = by_key.get(report.business_key.as_str()) else {
-                            new.push((i, Uuid::new_v4()));
+                            new.push((i, Uuid::now_v7())); // time-ordered: appends at the primary key's right edge
                             continue;
                         };
                         let payload = report.payload_over(row);

@@ -285,7 +285,7 @@ impl StudyStore for SqlStudyStore {
                     for &i in &pending {
                         let study = &chunk[i];
                         let Some(row) = by_uid.get(study.study_instance_uid.as_str()) else {
-                            new.push((i, Uuid::new_v4()));
+                            new.push((i, Uuid::now_v7())); // time-ordered: appends at the primary key's right edge
                             continue;
                         };
                         let payload = study.payload_over(row);

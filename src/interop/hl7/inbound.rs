@@ -133,7 +133,7 @@ impl Hl7Service {
     pub async fn prepare(&self, raw: Vec<u8>, peer: Option<String>) -> Prepared {
         let now = crate::db::now();
         let mut row = MessageRow {
-            id: Uuid::new_v4(),
+            id: Uuid::now_v7(), // time-ordered: new rows append at the primary key's right edge
             tenant_id: UNROUTED,
             connector_id: None,
             peer,
