@@ -34,7 +34,7 @@ pub fn map(resource: Value) -> Result<ReportUpsert, Vec<Issue>> {
     let token = |param: &'static str, (system, value): (Option<String>, String)| IndexEntry { param, system, value: Some(value), study_uid: None };
 
     let mut business_key = None;
-    for (i, id) in issues.array(r, p, "identifier").to_vec().iter().enumerate() {
+    for (i, id) in issues.array(r, p, "identifier").iter().enumerate() {
         let system = id.get("system").and_then(Value::as_str);
         match id.get("value").and_then(Value::as_str).filter(|v| !v.is_empty()) {
             Some(value) => {
@@ -65,7 +65,7 @@ pub fn map(resource: Value) -> Result<ReportUpsert, Vec<Issue>> {
             }
         }
     }
-    for (i, c) in issues.array(r, p, "category").to_vec().iter().enumerate() {
+    for (i, c) in issues.array(r, p, "category").iter().enumerate() {
         for coding in issues.codings(c, &format!("{p}.category[{i}]")) {
             index.push(token("category", coding));
         }
@@ -90,7 +90,7 @@ pub fn map(resource: Value) -> Result<ReportUpsert, Vec<Issue>> {
         (None, None) => None,
     };
     let issued = issues.instant(r, p, "issued");
-    for (i, b) in issues.array(r, p, "basedOn").to_vec().iter().enumerate() {
+    for (i, b) in issues.array(r, p, "basedOn").iter().enumerate() {
         if let Some(reference) = issues.reference(b, &format!("{p}.basedOn[{i}]")) {
             let value = match (&reference.resource_type, &reference.id) {
                 (Some(t), Some(id)) => Some(format!("{t}/{id}")),
@@ -101,7 +101,7 @@ pub fn map(resource: Value) -> Result<ReportUpsert, Vec<Issue>> {
             }
         }
     }
-    for (i, s) in issues.array(r, p, "imagingStudy").to_vec().iter().enumerate() {
+    for (i, s) in issues.array(r, p, "imagingStudy").iter().enumerate() {
         let path = format!("{p}.imagingStudy[{i}]");
         let Some(reference) = issues.reference(s, &path) else { continue };
         if reference.resource_type.as_deref().is_some_and(|t| t != "ImagingStudy") {
@@ -126,7 +126,7 @@ pub fn map(resource: Value) -> Result<ReportUpsert, Vec<Issue>> {
         index.push(IndexEntry { param: "imaging-study", system, value: reference.id.clone(), study_uid });
     }
     for field in ["performer", "resultsInterpreter", "result", "specimen"] {
-        for (i, v) in issues.array(r, p, field).to_vec().iter().enumerate() {
+        for (i, v) in issues.array(r, p, field).iter().enumerate() {
             issues.reference(v, &format!("{p}.{field}[{i}]"));
         }
     }
@@ -134,7 +134,7 @@ pub fn map(resource: Value) -> Result<ReportUpsert, Vec<Issue>> {
         issues.reference(e, &format!("{p}.encounter"));
     }
     issues.string(r, p, "conclusion");
-    for (i, form) in issues.array(r, p, "presentedForm").to_vec().iter().enumerate() {
+    for (i, form) in issues.array(r, p, "presentedForm").iter().enumerate() {
         if let Some(data) = form.get("data") {
             let ok = data.as_str().is_some_and(|d| base64::engine::general_purpose::STANDARD.decode(d).is_ok());
             if !ok {
@@ -159,6 +159,7 @@ pub fn map(resource: Value) -> Result<ReportUpsert, Vec<Issue>> {
         critical: None,
         order_id: None,
         payload: Value::Object(payload),
+        payload_text: None,
         index,
     })
 }

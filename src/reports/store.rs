@@ -64,8 +64,11 @@ pub struct IndexEntry {
 }
 
 /// `%`, `|` and newline escaped, so the parts of a token cannot run together.
-fn token_part(text: &str) -> String {
-    text.replace('%', "%25").replace('|', "%7C").replace('\n', "%0A")
+fn token_part(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains(['%', '|', '\n']) {
+        return std::borrow::Cow::Borrowed(text); // the usual case: nothing to escape, nothing to copy
+    }
+    std::borrow::Cow::Owned(text.replace('%', "%25").replace('|', "%7C").replace('\n', "%0A"))
 }
 
 /// The stored search token a token search term matches: `param|system|value` for
@@ -115,10 +118,18 @@ pub struct ReportUpsert {
     pub order_id: Option<Uuid>,
     /// The DiagnosticReport without `id` and `meta.versionId`/`meta.lastUpdated`.
     pub payload: Value,
+    /// `payload` as JSON text when the source has it already (an import keeps the
+    /// line it read, see `text_from_line`); `None` serializes `payload`.
+    pub payload_text: Option<String>,
     pub index: Vec<IndexEntry>,
 }
 
 impl ReportUpsert {
+    /// The payload's JSON text, as stored by an insert.
+    fn payload_text(&self) -> String {
+        self.payload_text.clone().unwrap_or_else(|| self.payload.to_string())
+    }
+
     /// The `imaging-study` entries of the index: the rows of `diagnostic_report_index`.
     fn study_references(&self) -> impl Iterator<Item = &IndexEntry> {
         self.index.iter().filter(|e| e.param == IMAGING_STUDY)
@@ -391,7 +402,7 @@ impl ReportStore for SqlReportStore {
                                 vec![
                                     Arg::Uuid(*id), Arg::Uuid(tenant.0), Arg::Text(r.business_key.clone()), Arg::OptText(r.source_id.clone()),
                                     Arg::OptText(r.patient_id.clone()), Arg::Text(r.status.clone()), Arg::OptTime(r.effective_at),
-                                    Arg::OptTime(r.issued), Arg::Bool(r.critical.unwrap_or(false)), Arg::OptUuid(r.order_id), Arg::JsonText(r.payload.to_string()),
+                                    Arg::OptTime(r.issued), Arg::Bool(r.critical.unwrap_or(false)), Arg::OptUuid(r.order_id), Arg::JsonText(r.payload_text()),
                                     Arg::OptInt32(Some(1)), Arg::Time(now), Arg::Time(now), Arg::TextList(search_tokens(&r.index, &r.payload)),
                                 ]
                             })

@@ -66,7 +66,7 @@ pub fn from_fhir(resource: Value) -> Result<ImportedStudy, Vec<Issue>> {
     let description = issues.string(r, p, "description").map(str::to_string);
     let number_of_series = issues.unsigned(r, p, "numberOfSeries");
     let number_of_instances = issues.unsigned(r, p, "numberOfInstances");
-    for (i, e) in issues.array(r, p, "endpoint").to_vec().iter().enumerate() {
+    for (i, e) in issues.array(r, p, "endpoint").iter().enumerate() {
         issues.reference(e, &format!("{p}.endpoint[{i}]"));
     }
     for (field, target) in [("encounter", "Encounter"), ("referrer", "Practitioner")] {
@@ -74,7 +74,7 @@ pub fn from_fhir(resource: Value) -> Result<ImportedStudy, Vec<Issue>> {
             issues.reference(v, &format!("{p}.{field}")).map(|_| target);
         }
     }
-    for (i, b) in issues.array(r, p, "basedOn").to_vec().iter().enumerate() {
+    for (i, b) in issues.array(r, p, "basedOn").iter().enumerate() {
         issues.reference(b, &format!("{p}.basedOn[{i}]"));
     }
     if !issues.is_empty() {
@@ -98,6 +98,7 @@ pub fn from_fhir(resource: Value) -> Result<ImportedStudy, Vec<Issue>> {
             number_of_series,
             number_of_instances,
             payload: Value::Object(payload),
+            payload_text: None,
         },
         source_id,
     })

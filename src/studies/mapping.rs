@@ -182,6 +182,7 @@ pub fn map_study(d: &DicomObject, wado_base: Option<&str>, default_offset: Fixed
         status: "available".into(),
         pacs_endpoint_id: None,
         payload: resource,
+        payload_text: None,
     })
 }
 

@@ -83,9 +83,17 @@ pub struct StudyUpsert {
     pub number_of_instances: Option<i32>,
     /// The FHIR ImagingStudy without `id` and `meta.versionId`/`meta.lastUpdated`.
     pub payload: Value,
+    /// `payload` as JSON text when the source has it already (an import keeps the
+    /// line it read, see `text_from_line`); `None` serializes `payload`.
+    pub payload_text: Option<String>,
 }
 
 impl StudyUpsert {
+    /// The payload's JSON text, as stored by an insert.
+    fn payload_text(&self) -> String {
+        self.payload_text.clone().unwrap_or_else(|| self.payload.to_string())
+    }
+
     /// The payload to store over `row`: this one, with the tags of the stored version
     /// carried over (FHIR keeps tags across updates).
     fn payload_over(&self, row: &StudyRow) -> Value {
@@ -317,7 +325,7 @@ impl StudyStore for SqlStudyStore {
                                 Arg::OptText(s.accession_number.clone()), Arg::OptText(s.modality.clone()), Arg::OptTime(s.started_at),
                                 Arg::Text(s.status.clone()), Arg::Text(s.study_instance_uid.clone()), Arg::OptUuid(s.pacs_endpoint_id),
                                 Arg::OptText(s.description.clone()), Arg::OptInt32(s.number_of_series), Arg::OptInt32(s.number_of_instances),
-                                Arg::JsonText(s.payload.to_string()),
+                                Arg::JsonText(s.payload_text()),
                                 Arg::OptInt32(Some(1)), Arg::Time(now), Arg::Time(now),
                             ]
                         })

@@ -254,6 +254,7 @@ async fn reports_link_to_their_studies_whichever_arrives_first() {
         number_of_series: None,
         number_of_instances: None,
         payload: json!({"resourceType": "ImagingStudy", "status": "available", "subject": {"identifier": {"value": "p-late"}}}),
+        payload_text: None,
     };
     let study_id = app.state.studies.upsert(radiology::auth::TenantId(app.tenant), &synced).await.unwrap().id();
     let late = search_all(&app, "/fhir/r4/DiagnosticReport?identifier=nothing-matches").await;

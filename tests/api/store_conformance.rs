@@ -196,6 +196,7 @@ fn upsert_of(uid: &str, series: i32) -> radiology::studies::store::StudyUpsert {
         number_of_series: Some(series),
         number_of_instances: Some(series * 10),
         payload: json!({"resourceType": "ImagingStudy", "status": "available", "numberOfSeries": series}),
+        payload_text: None,
     }
 }
 

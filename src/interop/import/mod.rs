@@ -33,7 +33,7 @@ use crate::auth::TenantId;
 use crate::config::Config;
 use crate::db::sql::{AfterWrite, CommitGate, UpsertOutcome};
 use crate::db::StoreError;
-use crate::interop::fhir::resource::Issue;
+use crate::interop::fhir::resource::{text_from_line, Issue};
 use crate::reports::store::ReportUpsert;
 use crate::reports::ReportStore;
 use crate::studies::store::StudyUpsert;
@@ -529,9 +529,25 @@ fn parse_line(line: &Line, kind: &str) -> Result<Parsed, Rejection> {
         Some(t) => return Err(("invalid", vec![Issue { expression: "resourceType".into(), message: format!("{t} in an input declared as {kind}") }])),
         None => return Err(("required", vec![Issue { expression: "resourceType".into(), message: "is required".into() }])),
     }
+    // What is stored is the line as sent, less the id, with the new `meta`.
+    let text = |payload: &Value| {
+        let text = payload.as_object().and_then(|p| text_from_line(&line.bytes, p));
+        debug_assert!(text.as_ref().is_none_or(|t| serde_json::from_str::<Value>(t).ok().as_ref() == Some(payload)), "{text:?}");
+        text
+    };
     match kind {
-        "ImagingStudy" => crate::studies::from_fhir::from_fhir(value).map(Parsed::Study).map_err(|i| ("invalid", i)),
-        _ => crate::reports::from_fhir::from_fhir(value).map(Parsed::Report).map_err(|i| ("invalid", i)),
+        "ImagingStudy" => crate::studies::from_fhir::from_fhir(value)
+            .map(|mut study| {
+                study.upsert.payload_text = text(&study.upsert.payload);
+                Parsed::Study(study)
+            })
+            .map_err(|i| ("invalid", i)),
+        _ => crate::reports::from_fhir::from_fhir(value)
+            .map(|mut report| {
+                report.payload_text = text(&report.payload);
+                Parsed::Report(report)
+            })
+            .map_err(|i| ("invalid", i)),
     }
 }
 
