@@ -112,8 +112,7 @@ fn resolve_study_reference(reference: &mut Value, links: &[&StudyLink]) {
 
 /// Renders rows as FHIR, resolving their study links in one query.
 pub async fn to_fhir_many(state: &AppState, tenant: TenantId, rows: &[ReportRow]) -> Result<Vec<Value>, StoreError> {
-    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-    let links = state.reports.study_links(tenant, &ids).await?;
+    let links = state.reports.study_links(tenant, rows).await?;
     let mut by_report: HashMap<Uuid, Vec<&StudyLink>> = HashMap::new();
     for l in &links {
         by_report.entry(l.report_id).or_default().push(l);
@@ -150,7 +149,7 @@ async fn vread(State(state): State<AppState>, ctx: FhirCtx, Path((id, vid)): Pat
         Err(StoreError::NotFound) => return Err(gone()),
         Err(e) => return Err(e.into()),
     };
-    let links = state.reports.study_links(ctx.0.tenant, &[row.id]).await?;
+    let links = state.reports.study_links(ctx.0.tenant, std::slice::from_ref(&row)).await?;
     let links: Vec<&StudyLink> = links.iter().collect();
     let resource = render(&row, &v.payload.0, v.version, v.recorded_at, &v.status, &links);
     Ok(resource_response(resource, v.version, v.recorded_at))

@@ -101,30 +101,7 @@ pub fn map(resource: Value) -> Result<ReportUpsert, Vec<Issue>> {
             }
         }
     }
-    for (i, s) in issues.array(r, p, "imagingStudy").iter().enumerate() {
-        let path = format!("{p}.imagingStudy[{i}]");
-        let Some(reference) = issues.reference(s, &path) else { continue };
-        if reference.resource_type.as_deref().is_some_and(|t| t != "ImagingStudy") {
-            issues.add(format!("{path}.reference"), "must reference an ImagingStudy");
-            continue;
-        }
-        let study_uid = match &reference.identifier {
-            Some((Some(system), value)) if system == DICOM_UID_SYSTEM => {
-                let uid = value.strip_prefix("urn:oid:").unwrap_or(value);
-                if !is_valid_uid(uid) {
-                    issues.add(format!("{path}.identifier.value"), format!("{value:?} is not urn:oid:<a valid DICOM UID>"));
-                    continue;
-                }
-                Some(uid.to_string())
-            }
-            _ => None,
-        };
-        if reference.id.is_none() && study_uid.is_none() {
-            continue; // a display-only reference: nothing to resolve
-        }
-        let system = reference.id.as_ref().map(|_| "ref".to_string());
-        index.push(IndexEntry { param: "imaging-study", system, value: reference.id.clone(), study_uid });
-    }
+    index.extend(study_references(r, &mut issues));
     for field in ["performer", "resultsInterpreter", "result", "specimen"] {
         for (i, v) in issues.array(r, p, field).iter().enumerate() {
             issues.reference(v, &format!("{p}.{field}[{i}]"));
@@ -162,6 +139,41 @@ pub fn map(resource: Value) -> Result<ReportUpsert, Vec<Issue>> {
         payload_text: None,
         index,
     })
+}
+
+/// The `imaging-study` entries of a DiagnosticReport: one per `imagingStudy` reference
+/// that names a study, by the id it references (system `ref`) and/or by the Study
+/// Instance UID of a logical reference (`study_uid`). Problems go to `issues`; a stored
+/// report, valid when stored, gives the same entries again (its links are resolved from
+/// them when read).
+pub fn study_references(r: &Value, issues: &mut Issues) -> Vec<IndexEntry> {
+    let p = "DiagnosticReport";
+    let mut entries = Vec::new();
+    for (i, s) in issues.array(r, p, "imagingStudy").iter().enumerate() {
+        let path = format!("{p}.imagingStudy[{i}]");
+        let Some(reference) = issues.reference(s, &path) else { continue };
+        if reference.resource_type.as_deref().is_some_and(|t| t != "ImagingStudy") {
+            issues.add(format!("{path}.reference"), "must reference an ImagingStudy");
+            continue;
+        }
+        let study_uid = match &reference.identifier {
+            Some((Some(system), value)) if system == DICOM_UID_SYSTEM => {
+                let uid = value.strip_prefix("urn:oid:").unwrap_or(value);
+                if !is_valid_uid(uid) {
+                    issues.add(format!("{path}.identifier.value"), format!("{value:?} is not urn:oid:<a valid DICOM UID>"));
+                    continue;
+                }
+                Some(uid.to_string())
+            }
+            _ => None,
+        };
+        if reference.id.is_none() && study_uid.is_none() {
+            continue; // a display-only reference: nothing to resolve
+        }
+        let system = reference.id.as_ref().map(|_| "ref".to_string());
+        entries.push(IndexEntry { param: "imaging-study", system, value: reference.id.clone(), study_uid });
+    }
+    entries
 }
 
 #[cfg(test)]

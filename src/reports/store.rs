@@ -2,12 +2,11 @@
 //! token search (a PostgreSQL array, JSON text on SQLite).
 //!
 //! A report row holds the FHIR DiagnosticReport (`payload`) and the columns searches
-//! need. The token and reference parameters identifier, category, code and based-on,
-//! and the `_tag`s, are the row's `tokens` (see [`search_tokens`]; a GIN index on
-//! PostgreSQL). The `imaging-study` references live one per row in
-//! `diagnostic_report_index`: links to imaging studies are resolved when read, so a
-//! report imported before its study (or whose study arrives later by sync) links as
-//! soon as the study exists.
+//! need. The token and reference parameters identifier, category, code, based-on and
+//! imaging-study, and the `_tag`s, are the row's `tokens` (see [`search_tokens`]; a GIN
+//! index on PostgreSQL). Links to imaging studies are resolved when read, from the
+//! report's own `imagingStudy` references, so a report imported before its study (or
+//! whose study arrives later by sync) links as soon as the study exists.
 
 use std::collections::{HashMap, HashSet};
 
@@ -83,8 +82,9 @@ pub fn token_term(param: &str, system: Option<&str>, value: &str) -> String {
 
 /// The `tokens` of a report: for each indexed value but `imaging-study`, and each
 /// `meta.tag` of the stored `payload` (as `_tag`), its exact term (an absent system as
-/// "") and its any-system term; sorted, without repeats. Migration 0005 derives the
-/// same for the reports stored before it.
+/// "") and its any-system term; for each `imaging-study` reference, its
+/// [`study_terms`]; sorted, without repeats. Migrations 0005 and 0007 derive the same
+/// for the reports stored before them.
 pub fn search_tokens(index: &[IndexEntry], payload: &Value) -> Vec<String> {
     let tags = payload.pointer("/meta/tag").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
     let values = index
@@ -96,12 +96,32 @@ pub fn search_tokens(index: &[IndexEntry], payload: &Value) -> Vec<String> {
         }));
     let mut tokens: Vec<String> =
         values.flat_map(|(param, system, v)| [token_term(param, Some(system.unwrap_or("")), v), token_term(param, None, v)]).collect();
+    tokens.extend(index.iter().filter(|e| e.param == IMAGING_STUDY).flat_map(study_terms));
     tokens.sort_unstable();
     tokens.dedup();
     tokens
 }
 
 const IMAGING_STUDY: &str = "imaging-study";
+
+/// The search terms of one `imaging-study` reference: `imaging-study|ref|<id>` for the
+/// id it references, `imaging-study|uid|<UID>` for the Study Instance UID it names, and
+/// `imaging-study|src|<id>` when it references an id and names no UID, so that it is
+/// found from the study that had that id in its source (`fhir_source_ids`); a reference
+/// that names a UID links to that study only.
+fn study_terms(e: &IndexEntry) -> Vec<String> {
+    let id = e.value.as_deref().filter(|_| e.system.as_deref() == Some("ref"));
+    let mut terms = Vec::with_capacity(3);
+    if let Some(id) = id {
+        terms.push(token_term(IMAGING_STUDY, Some("ref"), id));
+    }
+    match (&e.study_uid, id) {
+        (Some(uid), _) => terms.push(token_term(IMAGING_STUDY, Some("uid"), uid)),
+        (None, Some(id)) => terms.push(token_term(IMAGING_STUDY, Some("src"), id)),
+        (None, None) => {}
+    }
+    terms
+}
 
 /// A report as a source (bulk import, ORU^R01) describes it.
 #[derive(Debug, Clone, PartialEq)]
@@ -128,11 +148,6 @@ impl ReportUpsert {
     /// The payload's JSON text, as stored by an insert.
     fn payload_text(&self) -> String {
         self.payload_text.clone().unwrap_or_else(|| self.payload.to_string())
-    }
-
-    /// The `imaging-study` entries of the index: the rows of `diagnostic_report_index`.
-    fn study_references(&self) -> impl Iterator<Item = &IndexEntry> {
-        self.index.iter().filter(|e| e.param == IMAGING_STUDY)
     }
 
     fn payload_over(&self, row: &ReportRow) -> Value {
@@ -211,8 +226,9 @@ pub trait ReportStore: Send + Sync {
     async fn get_version(&self, tenant: TenantId, id: Uuid, version: i32) -> StoreResult<ReportVersion>;
     async fn list(&self, tenant: TenantId, query: &ReportQuery, page: &PageRequest) -> StoreResult<Vec<ReportRow>>;
     async fn count(&self, tenant: TenantId, query: &ReportQuery) -> StoreResult<i64>;
-    /// The imaging-study links of these reports, resolved against the study index now.
-    async fn study_links(&self, tenant: TenantId, report_ids: &[Uuid]) -> StoreResult<Vec<StudyLink>>;
+    /// The imaging-study links of these reports (from their `imagingStudy` references),
+    /// resolved against the studies stored now.
+    async fn study_links(&self, tenant: TenantId, reports: &[ReportRow]) -> StoreResult<Vec<StudyLink>>;
 }
 
 pub struct SqlReportStore {
@@ -239,42 +255,10 @@ const INSERT_VERSION: &str = "INSERT INTO diagnostic_report_versions (tenant_id,
 /// Reports per multi-row statement on SQLite (15 arguments each); PostgreSQL takes a
 /// whole batch as one array per column.
 const BATCH: usize = 500;
-/// Index rows per multi-row statement (6 arguments each; both backends allow 32,766).
-const INDEX_BATCH: usize = 4000;
-
-/// Resolves `imaging-study` index rows: a literal reference through the source ids of
-/// imported studies, then the UID to our study.
-const LINK_JOINS: &str = "LEFT JOIN fhir_source_ids m ON m.tenant_id = i.tenant_id AND m.resource_type = 'ImagingStudy' \
-        AND i.system = 'ref' AND m.source_id = i.value";
 
 impl SqlReportStore {
     pub fn new(db: Db) -> Self {
         Self { db }
-    }
-
-    /// Inserts of index entries (chunked under SQLite's argument limit).
-    fn index_inserts(&self, tenant: TenantId, entries: &[(Uuid, &IndexEntry)]) -> Vec<SqlBuf> {
-        let columns = [("tenant_id", "uuid"), ("report_id", "uuid"), ("param", "text"), ("system", "text"), ("value", "text"), ("study_uid", "text")];
-        let chunk = self.db.batch_rows(entries.len(), INDEX_BATCH);
-        entries
-            .chunks(chunk)
-            .map(|chunk| {
-                let rows = chunk
-                    .iter()
-                    .map(|(id, e)| {
-                        vec![
-                            Arg::Uuid(tenant.0),
-                            Arg::Uuid(*id),
-                            Arg::Text(e.param.to_string()),
-                            Arg::OptText(e.system.clone()),
-                            Arg::OptText(e.value.clone()),
-                            Arg::OptText(e.study_uid.clone()),
-                        ]
-                    })
-                    .collect();
-                SqlBuf::bulk_insert(&self.db, "diagnostic_report_index", &columns, rows)
-            })
-            .collect()
     }
 
     fn where_clause(&self, tenant: TenantId, q: &ReportQuery, sql: &mut SqlBuf) {
@@ -312,33 +296,40 @@ impl SqlReportStore {
             }
         }
         if let Some(m) = &q.imaging_study {
-            // One index-friendly branch per way a report can name the study: the UID in
-            // the reference, a literal reference to the id the study had in its source
-            // (mapped to its UID by fhir_source_ids) when the reference names no UID, or
-            // the referenced id itself.
-            // The tenant as an argument, not r.tenant_id: the subquery is run once, not per report.
-            let tenant_arg = &t;
-            let mut branches: Vec<String> = Vec::new();
-            for uid in &m.uids {
-                let u = sql.arg(Arg::Text(uid.clone()));
-                branches.push(format!("SELECT i.report_id FROM diagnostic_report_index i WHERE i.tenant_id = {tenant_arg} AND i.study_uid = {u}"));
-                branches.push(format!(
-                    "SELECT i.report_id FROM fhir_source_ids m JOIN diagnostic_report_index i ON i.tenant_id = m.tenant_id \
-                     AND i.param = 'imaging-study' AND i.system = 'ref' AND i.value = m.source_id AND i.study_uid IS NULL \
-                     WHERE m.tenant_id = {tenant_arg} AND m.resource_type = 'ImagingStudy' AND m.business_key = {u}"
-                ));
-            }
-            for ref_id in &m.ref_ids {
-                let v = sql.arg(Arg::Text(ref_id.clone()));
-                branches.push(format!(
-                    "SELECT i.report_id FROM diagnostic_report_index i WHERE i.tenant_id = {tenant_arg} \
-                     AND i.param = 'imaging-study' AND i.system = 'ref' AND i.value = {v}"
-                ));
-            }
-            if branches.is_empty() {
+            // A report names the study by the UID in a reference, by the id referenced, or
+            // by the id the study had in its source when the reference names no UID
+            // (fhir_source_ids maps that id to the UID); see study_terms. Report
+            // references hold FHIR ids only, so a source id needing escapes matches none.
+            let mut terms: Vec<String> = m.uids.iter().map(|u| token_term(IMAGING_STUDY, Some("uid"), u)).collect();
+            terms.extend(m.ref_ids.iter().map(|v| token_term(IMAGING_STUDY, Some("ref"), v)));
+            let sources = (!m.uids.is_empty()).then(|| {
+                let uids: Vec<String> = m.uids.iter().map(|u| sql.arg(Arg::Text(u.clone()))).collect();
+                // The tenant as an argument, not r.tenant_id: the subquery is run once, not per report.
+                format!(
+                    "SELECT '{IMAGING_STUDY}|src|' || m.source_id FROM fhir_source_ids m \
+                     WHERE m.tenant_id = {t} AND m.resource_type = 'ImagingStudy' AND m.business_key IN ({})",
+                    uids.join(", ")
+                )
+            });
+            if terms.is_empty() {
                 sql.push(" AND 1 = 0");
             } else {
-                sql.push(&format!(" AND r.id IN ({})", branches.join(" UNION ALL ")));
+                match &self.db {
+                    Db::Postgres(_) => {
+                        let a = sql.arg(Arg::Array(ArrayArg::Text(terms.into_iter().map(Some).collect())));
+                        match sources {
+                            Some(s) => sql.push(&format!(" AND r.tokens && (CAST({a} AS text[]) || ARRAY({s}))")),
+                            None => sql.push(&format!(" AND r.tokens && CAST({a} AS text[])")),
+                        };
+                    }
+                    Db::Sqlite(_) => {
+                        let a = sql.arg(Arg::TextList(terms));
+                        let sources = sources.map(|s| format!(" OR t.value IN ({s})")).unwrap_or_default();
+                        sql.push(&format!(
+                            " AND EXISTS (SELECT 1 FROM json_each(r.tokens) t WHERE t.value IN (SELECT value FROM json_each({a})){sources})"
+                        ));
+                    }
+                }
             }
         }
         sql.push_bounds("r.effective_at", &q.effective).push_bounds("r.updated_at", &q.last_updated);
@@ -367,7 +358,6 @@ impl ReportStore for SqlReportStore {
                         .fetch_all(&mut *tx).await?;
                     let by_key: HashMap<&str, &ReportRow> = existing.iter().map(|r| (r.business_key.as_str(), r)).collect();
                     let mut new: Vec<(usize, Uuid)> = Vec::new();
-                    let mut reindex: Vec<(Uuid, &IndexEntry)> = Vec::new();
                     for &i in &pending {
                         let report = &chunk[i];
                         let Some(row) = by_key.get(report.business_key.as_str()) else {
@@ -387,9 +377,6 @@ impl ReportStore for SqlReportStore {
                             .bind(report.effective_at).bind(report.issued).bind(report.critical).bind(report.order_id)
                             .bind(Json(&payload)).bind(now);
                         BindArray::bind_list(update, &tokens).execute(&mut *tx).await?;
-                        sqlx::query("DELETE FROM diagnostic_report_index WHERE tenant_id = $1 AND report_id = $2")
-                            .bind(tenant.0).bind(row.id).execute(&mut *tx).await?;
-                        reindex.extend(report.study_references().map(|e| (row.id, e)));
                         outcomes[offset + i] = Some(UpsertOutcome::Updated(row.id));
                     }
                     pending.clear();
@@ -414,14 +401,10 @@ impl ReportStore for SqlReportStore {
                         for (i, id) in new {
                             if inserted.contains(&id) {
                                 outcomes[offset + i] = Some(UpsertOutcome::Created(id));
-                                reindex.extend(chunk[i].study_references().map(|e| (id, e)));
                             } else {
                                 pending.push(i);
                             }
                         }
-                    }
-                    for sql in self.index_inserts(tenant, &reindex) {
-                        bind_args!(sqlx::query(&sql.text), &sql.args).execute(&mut *tx).await?;
                     }
                 }
                 if !pending.is_empty() {
@@ -476,23 +459,47 @@ impl ReportStore for SqlReportStore {
         Ok(n)
     }
 
-    #[tracing::instrument(skip_all, fields(tenant_id = %tenant, reports = report_ids.len()))]
-    async fn study_links(&self, tenant: TenantId, report_ids: &[Uuid]) -> StoreResult<Vec<StudyLink>> {
-        if report_ids.is_empty() {
-            return Ok(Vec::new());
+    #[tracing::instrument(skip_all, fields(tenant_id = %tenant, reports = reports.len()))]
+    async fn study_links(&self, tenant: TenantId, reports: &[ReportRow]) -> StoreResult<Vec<StudyLink>> {
+        // Each reference as the report's import (or message) indexed it.
+        let mut links: Vec<StudyLink> = Vec::new();
+        for row in reports {
+            let mut stored_valid = crate::interop::fhir::resource::Issues::default();
+            for e in crate::reports::from_fhir::study_references(&row.payload.0, &mut stored_valid) {
+                let ref_id = e.value.filter(|_| e.system.as_deref() == Some("ref"));
+                links.push(StudyLink { report_id: row.id, ref_id, study_uid: e.study_uid, study_id: None });
+            }
         }
-        let mut sql = SqlBuf::new(format!(
-            "SELECT i.report_id, CASE WHEN i.system = 'ref' THEN i.value END AS ref_id, \
-                    COALESCE(i.study_uid, m.business_key) AS study_uid, s.id AS study_id \
-             FROM diagnostic_report_index i {LINK_JOINS} \
-             LEFT JOIN imaging_studies s ON s.tenant_id = i.tenant_id AND s.pacs_study_uid = COALESCE(i.study_uid, m.business_key) \
-             WHERE i.tenant_id = "
-        ));
-        let t = sql.arg(Arg::Uuid(tenant.0));
-        sql.push(&t);
-        let ids: Vec<String> = report_ids.iter().map(|id| sql.arg(Arg::Uuid(*id))).collect();
-        sql.push(&format!(" AND i.param = 'imaging-study' AND i.report_id IN ({})", ids.join(", ")));
-        let links = on_db!(&self.db, pool => bind_args!(sqlx::query_as::<_, StudyLink>(&sql.text), &sql.args).fetch_all(pool).await)?;
+        // An id referenced without a UID: the UID of the study imported under that id.
+        let by_source: HashSet<String> = links.iter().filter(|l| l.study_uid.is_none()).filter_map(|l| l.ref_id.clone()).collect();
+        if !by_source.is_empty() {
+            let mut sql = SqlBuf::new("SELECT source_id, business_key FROM fhir_source_ids WHERE tenant_id = ");
+            let t = sql.arg(Arg::Uuid(tenant.0));
+            sql.push(&t).push(" AND resource_type = 'ImagingStudy' AND ");
+            sql.push_in_keys(&self.db, "source_id", by_source.into_iter().collect());
+            let found: HashMap<String, String> = on_db!(&self.db, pool => bind_args!(sqlx::query_as::<_, (String, String)>(&sql.text), &sql.args)
+                .fetch_all(pool).await)?
+                .into_iter()
+                .collect();
+            for l in links.iter_mut().filter(|l| l.study_uid.is_none()) {
+                l.study_uid = l.ref_id.as_ref().and_then(|id| found.get(id).cloned());
+            }
+        }
+        // Our study of each UID, once it exists.
+        let uids: HashSet<String> = links.iter().filter_map(|l| l.study_uid.clone()).collect();
+        if !uids.is_empty() {
+            let mut sql = SqlBuf::new("SELECT pacs_study_uid, id FROM imaging_studies WHERE tenant_id = ");
+            let t = sql.arg(Arg::Uuid(tenant.0));
+            sql.push(&t).push(" AND ");
+            sql.push_in_keys(&self.db, "pacs_study_uid", uids.into_iter().collect());
+            let found: HashMap<String, Uuid> = on_db!(&self.db, pool => bind_args!(sqlx::query_as::<_, (String, Uuid)>(&sql.text), &sql.args)
+                .fetch_all(pool).await)?
+                .into_iter()
+                .collect();
+            for l in &mut links {
+                l.study_id = l.study_uid.as_ref().and_then(|uid| found.get(uid).copied());
+            }
+        }
         Ok(links)
     }
 }
@@ -502,7 +509,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn search_tokens_escape_and_match_what_migration_0005_derives() {
+    fn search_tokens_escape_and_match_what_migrations_0005_and_0007_derive() {
         let entry = |param, system: Option<&str>, value: &str| IndexEntry {
             param,
             system: system.map(str::to_string),
@@ -515,10 +522,11 @@ mod tests {
             entry("imaging-study", Some("ref"), "st1"),
         ];
         let payload = serde_json::json!({"meta": {"tag": [{"system": "urn:x", "code": "historical"}, {"code": "a|b"}]}});
-        // The terms migrations/*/0005 computed for the same report (checked on both backends).
+        // The terms migrations/*/0005 computed for the same report, and 0007 for its
+        // imaging-study reference (checked on both backends in tests/api/store_conformance.rs).
         assert_eq!(search_tokens(&index, &payload), [
             "_tag:a%7Cb", "_tag:historical", "_tag|urn:x|historical", "_tag||a%7Cb", "code:123",
-            "code|http://loinc.org|123", "identifier:X%251", "identifier||X%251",
+            "code|http://loinc.org|123", "identifier:X%251", "identifier||X%251", "imaging-study|ref|st1", "imaging-study|src|st1",
         ]);
         assert_eq!(token_term("code", None, "123"), "code:123");
         assert_eq!(token_term("identifier", Some(""), "X%1"), "identifier||X%251");

@@ -296,3 +296,90 @@ async fn overlapping_batches_racing_store_each_study_once() {
     let rows = store.list(a, &StudyQuery::default(), &page(500)).await.unwrap();
     assert_eq!(rows.len(), 60, "studies 1..60, each once");
 }
+
+/// Migration 0007 moves each report's `imaging-study` rows of diagnostic_report_index
+/// into its `tokens`: afterwards the tokens are exactly what the code writes for the same
+/// report (search_tokens), and the REST/FHIR search and links read them.
+#[tokio::test]
+async fn migration_0007_moves_report_study_references_into_the_tokens() {
+    use radiology::reports::store::{search_tokens, IndexEntry};
+    let (url, _dir) = fresh_database().await;
+    let db = Db::connect(&url, 3).await.unwrap();
+    db.migrate_to(6).await.unwrap();
+    let (tenant, id, now) = (Uuid::new_v4(), Uuid::new_v4(), radiology::db::now());
+    let payload = json!({"resourceType": "DiagnosticReport", "status": "final", "code": {"text": "CT"},
+        "identifier": [{"value": "R1"}],
+        "imagingStudy": [
+            {"reference": "ImagingStudy/st-1"},
+            {"identifier": {"system": "urn:dicom:uid", "value": "urn:oid:1.2.3"}},
+            {"reference": "ImagingStudy/st-2", "identifier": {"system": "urn:dicom:uid", "value": "urn:oid:1.2.4"}}
+        ]});
+    // As the code before 0007 stored it: its token values in `tokens`, one index row per reference.
+    let identifier = IndexEntry { param: "identifier", system: None, value: Some("R1".into()), study_uid: None };
+    let before = search_tokens(std::slice::from_ref(&identifier), &payload);
+    let rows = [(Some("ref"), Some("st-1"), None), (None, None, Some("1.2.3")), (Some("ref"), Some("st-2"), Some("1.2.4"))];
+    match &db {
+        Db::Postgres(pool) => {
+            sqlx::query("INSERT INTO diagnostic_reports (id, tenant_id, business_key, status, payload, created_at, updated_at, tokens) \
+                         VALUES ($1, $2, 'identifier:|R1', 'final', $3, $4, $4, $5)")
+                .bind(id).bind(tenant).bind(Json(&payload)).bind(now).bind(&before).execute(pool).await.unwrap();
+            for (system, value, uid) in rows {
+                sqlx::query("INSERT INTO diagnostic_report_index (tenant_id, report_id, param, system, value, study_uid) VALUES ($1, $2, 'imaging-study', $3, $4, $5)")
+                    .bind(tenant).bind(id).bind(system).bind(value).bind(uid).execute(pool).await.unwrap();
+            }
+        }
+        Db::Sqlite(pool) => {
+            sqlx::query("INSERT INTO diagnostic_reports (id, tenant_id, business_key, status, payload, created_at, updated_at, tokens) \
+                         VALUES ($1, $2, 'identifier:|R1', 'final', $3, $4, $4, $5)")
+                .bind(id).bind(tenant).bind(Json(&payload)).bind(now).bind(json!(before).to_string()).execute(pool).await.unwrap();
+            for (system, value, uid) in rows {
+                sqlx::query("INSERT INTO diagnostic_report_index (tenant_id, report_id, param, system, value, study_uid) VALUES ($1, $2, 'imaging-study', $3, $4, $5)")
+                    .bind(tenant).bind(id).bind(system).bind(value).bind(uid).execute(pool).await.unwrap();
+            }
+        }
+    }
+    db.migrate().await.unwrap();
+    let tokens: Vec<String> = match &db {
+        Db::Postgres(pool) => sqlx::query_scalar("SELECT tokens FROM diagnostic_reports WHERE id = $1").bind(id).fetch_one(pool).await.unwrap(),
+        Db::Sqlite(pool) => {
+            let text: String = sqlx::query_scalar("SELECT tokens FROM diagnostic_reports WHERE id = $1").bind(id).fetch_one(pool).await.unwrap();
+            serde_json::from_str(&text).unwrap()
+        }
+    };
+    let mut scratch = radiology::interop::fhir::resource::Issues::default();
+    let mut index = vec![identifier];
+    index.extend(radiology::reports::from_fhir::study_references(&payload, &mut scratch));
+    assert!(scratch.is_empty());
+    let expected = search_tokens(&index, &payload);
+    assert!(expected.contains(&"imaging-study|src|st-1".to_string()) && expected.contains(&"imaging-study|uid|1.2.4".to_string()), "{expected:?}");
+    assert_eq!(tokens, expected);
+
+    // The search reads them: by UID, by referenced id, and by the id a study had in its source.
+    let store = radiology::reports::SqlReportStore::new(db.clone());
+    let search = |uids: &[&str], ref_ids: &[&str]| radiology::reports::store::ReportQuery {
+        imaging_study: Some(radiology::reports::store::StudyMatch {
+            uids: uids.iter().map(|s| s.to_string()).collect(),
+            ref_ids: ref_ids.iter().map(|s| s.to_string()).collect(),
+        }),
+        ..Default::default()
+    };
+    use radiology::reports::ReportStore;
+    let t = TenantId(tenant);
+    for (uids, refs, hits) in [(&["1.2.3"][..], &[][..], 1), (&["1.2.4"], &[], 1), (&[], &["st-2"], 1), (&["9.9"], &["st-9"], 0), (&["1.2.5"], &[], 0)] {
+        assert_eq!(store.count(t, &search(uids, refs)).await.unwrap(), hits, "{uids:?} {refs:?}");
+    }
+    assert_eq!(store.count(TenantId(Uuid::new_v4()), &search(&["1.2.3"], &[])).await.unwrap(), 0, "another tenant's report");
+    // st-1 was a study's id in its source: the report is found from that study's UID, and
+    // links to it. st-2 too, but its reference names a UID, which wins.
+    for (source_id, uid) in [("st-1", "1.2.9"), ("st-2", "1.2.8")] {
+        let sql = "INSERT INTO fhir_source_ids (tenant_id, resource_type, source_id, business_key) VALUES ($1, 'ImagingStudy', $2, $3)";
+        radiology::on_db!(&db, pool => sqlx::query(sql).bind(tenant).bind(source_id).bind(uid).execute(pool).await.map(|r| r.rows_affected())).unwrap();
+    }
+    assert_eq!(store.count(t, &search(&["1.2.9"], &[])).await.unwrap(), 1);
+    assert_eq!(store.count(t, &search(&["1.2.8"], &[])).await.unwrap(), 0);
+    let row = store.get(t, id).await.unwrap();
+    let links: Vec<(Option<String>, Option<String>)> =
+        store.study_links(t, &[row]).await.unwrap().into_iter().map(|l| (l.ref_id, l.study_uid)).collect();
+    let some = |s: &str| Some(s.to_string());
+    assert_eq!(links, [(some("st-1"), some("1.2.9")), (None, some("1.2.3")), (some("st-2"), some("1.2.4"))]);
+}
