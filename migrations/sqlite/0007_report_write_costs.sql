@@ -1,6 +1,7 @@
 -- A report's `imaging-study` references move from one row each in
 -- diagnostic_report_index to the report's own `tokens` (a JSON array of terms); see the
--- PostgreSQL migration 0007 and reports::store::study_terms.
+-- PostgreSQL migration 0007 and reports::store::study_terms. (PostgreSQL's step 2, on
+-- compression, has no SQLite counterpart.)
 CREATE TEMP TABLE report_study_terms AS
 SELECT report_id, 'imaging-study|ref|' || replace(replace(replace(value, '%', '%25'), '|', '%7C'), char(10), '%0A') AS term
 FROM diagnostic_report_index WHERE param = 'imaging-study' AND system = 'ref' AND value IS NOT NULL
