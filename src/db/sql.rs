@@ -219,6 +219,11 @@ pub struct AfterWrite<'a> {
     pub followups: &'a (dyn Fn(&[UpsertOutcome]) -> Vec<Followup> + Send + Sync),
     /// Waited for once the batch's own statements ran, before the follow-ups.
     pub gate: Option<CommitGate<'a>>,
+    /// The caller expects the rows to be new (an import whose batch before created all
+    /// it wrote): insert first, and look up only the rows whose insert met an existing
+    /// one. Without it each batch starts with the lookup, which a re-run or a sync of
+    /// known rows needs anyway.
+    pub insert_first: bool,
 }
 
 impl<'a> AfterWrite<'a> {

@@ -343,19 +343,25 @@ impl ReportStore for SqlReportStore {
         on_db!(&self.db, pool => async {
             let now = crate::db::now();
             let mut tx = begin_write(pool).await?;
+            let insert_first = after.as_ref().is_some_and(|a| a.insert_first);
             let mut outcomes: Vec<Option<UpsertOutcome>> = vec![None; reports.len()];
             let chunk_size = self.db.batch_rows(reports.len(), BATCH);
             for (chunk_index, chunk) in reports.chunks(chunk_size).enumerate() {
                 let offset = chunk_index * chunk_size;
                 let mut pending: Vec<usize> = (0..chunk.len()).collect();
-                for _attempt in 0..5 {
+                for attempt in 0..5 {
                     if pending.is_empty() {
                         break;
                     }
-                    let keys = pending.iter().map(|i| chunk[*i].business_key.clone()).collect();
-                    let lookup = SqlBuf::locked_lookup(&self.db, COLUMNS, "diagnostic_reports", tenant.0, "business_key", keys);
-                    let existing: Vec<ReportRow> = bind_args!(sqlx::query_as::<_, ReportRow>(&lookup.text), &lookup.args)
-                        .fetch_all(&mut *tx).await?;
+                    // Insert-first (see AfterWrite::insert_first): no lookup the first time; the
+                    // rows whose insert met an existing one come back as pending.
+                    let existing: Vec<ReportRow> = if attempt == 0 && insert_first {
+                        Vec::new()
+                    } else {
+                        let keys = pending.iter().map(|i| chunk[*i].business_key.clone()).collect();
+                        let lookup = SqlBuf::locked_lookup(&self.db, COLUMNS, "diagnostic_reports", tenant.0, "business_key", keys);
+                        bind_args!(sqlx::query_as::<_, ReportRow>(&lookup.text), &lookup.args).fetch_all(&mut *tx).await?
+                    };
                     let by_key: HashMap<&str, &ReportRow> = existing.iter().map(|r| (r.business_key.as_str(), r)).collect();
                     let mut new: Vec<(usize, Uuid)> = Vec::new();
                     for &i in &pending {

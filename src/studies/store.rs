@@ -271,6 +271,7 @@ impl StudyStore for SqlStudyStore {
         on_db!(&self.db, pool => async {
             let now = crate::db::now();
             let mut tx = begin_write(pool).await?;
+            let insert_first = after.as_ref().is_some_and(|a| a.insert_first);
             let mut outcomes: Vec<Option<UpsertOutcome>> = vec![None; studies.len()];
             let chunk_size = self.db.batch_rows(studies.len(), UPSERT_BATCH);
             for (chunk_index, chunk) in studies.chunks(chunk_size).enumerate() {
@@ -279,14 +280,19 @@ impl StudyStore for SqlStudyStore {
                 // study queue; SQLite's BEGIN IMMEDIATE already serializes writers. An
                 // insert that loses a race (ON CONFLICT DO NOTHING) is looked up again.
                 let mut pending: Vec<usize> = (0..chunk.len()).collect();
-                for _attempt in 0..5 {
+                for attempt in 0..5 {
                     if pending.is_empty() {
                         break;
                     }
-                    let keys = pending.iter().map(|i| chunk[*i].study_instance_uid.clone()).collect();
-                    let lookup = SqlBuf::locked_lookup(&self.db, COLUMNS, "imaging_studies", tenant.0, "pacs_study_uid", keys);
-                    let existing: Vec<StudyRow> = bind_args!(sqlx::query_as::<_, StudyRow>(&lookup.text), &lookup.args)
-                        .fetch_all(&mut *tx).await?;
+                    // Insert-first (see AfterWrite::insert_first): no lookup the first time; the
+                    // rows whose insert met an existing one come back as pending.
+                    let existing: Vec<StudyRow> = if attempt == 0 && insert_first {
+                        Vec::new()
+                    } else {
+                        let keys = pending.iter().map(|i| chunk[*i].study_instance_uid.clone()).collect();
+                        let lookup = SqlBuf::locked_lookup(&self.db, COLUMNS, "imaging_studies", tenant.0, "pacs_study_uid", keys);
+                        bind_args!(sqlx::query_as::<_, StudyRow>(&lookup.text), &lookup.args).fetch_all(&mut *tx).await?
+                    };
                     let by_uid: std::collections::HashMap<&str, &StudyRow> =
                         existing.iter().map(|r| (r.pacs_study_uid.as_str(), r)).collect();
                     let mut new: Vec<(usize, Uuid)> = Vec::new();

@@ -383,3 +383,44 @@ async fn migration_0007_moves_report_study_references_into_the_tokens() {
     let some = |s: &str| Some(s.to_string());
     assert_eq!(links, [(some("st-1"), some("1.2.9")), (None, some("1.2.3")), (some("st-2"), some("1.2.4"))]);
 }
+
+/// An import whose batches keep creating everything inserts first and looks up only the
+/// rows whose insert met an existing one: those are still compared, versioned or left
+/// unchanged exactly as after a lookup, for studies and for reports.
+#[tokio::test]
+async fn insert_first_batches_decide_existing_rows_as_a_lookup_would() {
+    use radiology::db::sql::{AfterWrite, UpsertOutcome};
+    use radiology::reports::ReportStore;
+    let (db, _dir) = db().await;
+    let a = TenantId(Uuid::new_v4());
+    let no_followups = |_: &[UpsertOutcome]| Vec::new();
+    let insert_first = || Some(AfterWrite { followups: &no_followups, gate: None, insert_first: true });
+
+    let studies = SqlStudyStore::new(db.clone());
+    let UpsertOutcome::Created(kept) = studies.upsert(a, &upsert_of("1.2.11.1", 1)).await.unwrap() else { panic!() };
+    let UpsertOutcome::Created(changed) = studies.upsert(a, &upsert_of("1.2.11.2", 1)).await.unwrap() else { panic!() };
+    let mut same = upsert_of("1.2.11.1", 1);
+    same.started_at = studies.get(a, kept).await.unwrap().started_at;
+    let mut change = upsert_of("1.2.11.2", 3);
+    change.started_at = studies.get(a, changed).await.unwrap().started_at;
+    let outcomes = studies.upsert_batch(a, &[upsert_of("1.2.11.3", 1), same, change], insert_first()).await.unwrap();
+    assert!(matches!(outcomes[0], UpsertOutcome::Created(_)), "{outcomes:?}");
+    assert_eq!(outcomes[1..], [UpsertOutcome::Unchanged(kept), UpsertOutcome::Updated(changed)]);
+    assert_eq!(studies.get(a, changed).await.unwrap().version, 2);
+    assert_eq!(studies.list(a, &StudyQuery::default(), &page(50)).await.unwrap().len(), 3);
+
+    let reports = radiology::reports::SqlReportStore::new(db);
+    let report = |id: &str, status: &str| {
+        radiology::reports::from_fhir::from_fhir(json!({"resourceType": "DiagnosticReport", "id": id, "status": status,
+            "code": {"text": "CT"}, "imagingStudy": [{"reference": "ImagingStudy/st-1"}]}))
+        .unwrap()
+    };
+    let stored = reports.upsert_batch(a, &[report("r1", "final"), report("r2", "final")], None).await.unwrap();
+    let outcomes = reports.upsert_batch(a, &[report("r3", "final"), report("r1", "final"), report("r2", "amended")], insert_first()).await.unwrap();
+    assert!(matches!(outcomes[0], UpsertOutcome::Created(_)), "{outcomes:?}");
+    assert_eq!(outcomes[1..], [UpsertOutcome::Unchanged(stored[0].id()), UpsertOutcome::Updated(stored[1].id())]);
+    let amended = reports.get(a, stored[1].id()).await.unwrap();
+    assert_eq!((amended.version, amended.status.as_str()), (2, "amended"));
+    let all = radiology::reports::store::ReportQuery::default();
+    assert_eq!(reports.count(a, &all).await.unwrap(), 3);
+}

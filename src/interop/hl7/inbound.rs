@@ -465,7 +465,7 @@ impl Hl7Service {
             }
             message_inserts(&db, &rows)
         };
-        let result = crate::db::error::retry_transient(|| self.orders.upsert_batch(tenant, &upserts, Some(AfterWrite { followups: &followups, gate: None }))).await;
+        let result = crate::db::error::retry_transient(|| self.orders.upsert_batch(tenant, &upserts, Some(AfterWrite { followups: &followups, gate: None, insert_first: false }))).await;
         match result {
             Ok(outcomes) => {
                 for (row, (start, _)) in rows.iter_mut().zip(&spans) {
@@ -575,7 +575,7 @@ impl Hl7Service {
                 "AND r.status IN ('final', 'amended', 'corrected', 'appended')"));
             f
         };
-        match crate::db::error::retry_transient(|| self.reports.upsert_batch(tenant, &upserts, Some(AfterWrite { followups: &followups, gate: None }))).await {
+        match crate::db::error::retry_transient(|| self.reports.upsert_batch(tenant, &upserts, Some(AfterWrite { followups: &followups, gate: None, insert_first: false }))).await {
             Ok(outcomes) => {
                 for (row, (start, _)) in rows.iter_mut().zip(&spans) {
                     row.report_id = outcomes.get(*start).map(UpsertOutcome::id);
@@ -662,7 +662,7 @@ impl Hl7Service {
                     enqueue_event(tenant, "report_final", "DiagnosticReport", "diagnostic_reports", &changed, false,
                         "AND r.status IN ('final', 'amended', 'corrected', 'appended')").into_iter().collect()
                 };
-                let outcomes = self.reports.upsert_batch(tenant, &upserts, Some(AfterWrite { followups: &followups, gate: None })).await?;
+                let outcomes = self.reports.upsert_batch(tenant, &upserts, Some(AfterWrite { followups: &followups, gate: None, insert_first: false })).await?;
                 row.status = if stored.status == "conflict" { "conflict".into() } else { "processed".into() };
                 row.report_id = outcomes.first().map(UpsertOutcome::id);
                 row.error = None;

@@ -346,11 +346,14 @@ impl ImportService {
             let mut in_flight = FuturesOrdered::new();
             let mut previous: Option<oneshot::Receiver<bool>> = None;
             let mut more = true;
+            // The last stored batch created everything it wrote: the input is (so far) new
+            // to this tenant, and the next batch inserts before it looks anything up.
+            let mut all_new = false;
             loop {
                 tokio::select! {
                     biased;
                     Some((result, done)) = in_flight.next(), if !in_flight.is_empty() => {
-                        result?;
+                        all_new = result?;
                         progress().await;
                         if done {
                             return Ok(());
@@ -375,14 +378,15 @@ impl ImportService {
                         let gate = previous.replace(next);
                         let done = batch.done;
                         let position = input.position;
+                        let insert_first = all_new;
                         in_flight.push_back(async move {
                             let kind = batch.kind();
-                            let result = self.write_batch(tenant, job, position, batch, gate).await;
+                            let result = self.write_batch(tenant, job, position, batch, gate, insert_first).await;
                             if let Ok(p) = &result {
                                 self.metrics.observe_import_batch(kind, p.created, p.updated, p.unchanged, p.failed);
                             }
                             let _ = committed.send(result.is_ok());
-                            (result.map(|_| ()), done)
+                            (result.map(|p| p.created > 0 && p.updated == 0 && p.unchanged == 0), done)
                         });
                     }
                     else => return Err(RunError::Failed("the input reader stopped early".into())),
@@ -396,7 +400,15 @@ impl ImportService {
 
     /// Stores a batch, its rejected lines and the checkpoint in one transaction, which
     /// commits only once the batch before it (`previous`) has.
-    async fn write_batch(&self, tenant: TenantId, job: Uuid, position: i32, batch: Batch, previous: Option<oneshot::Receiver<bool>>) -> Result<Progress, RunError> {
+    async fn write_batch(
+        &self,
+        tenant: TenantId,
+        job: Uuid,
+        position: i32,
+        batch: Batch,
+        previous: Option<oneshot::Receiver<bool>>,
+        insert_first: bool,
+    ) -> Result<Progress, RunError> {
         let Batch { items, rejected, start_offset, end_offset, end_line, done, overlaps_previous } = batch;
         let mut previous = previous;
         if overlaps_previous {
@@ -430,11 +442,11 @@ impl ImportService {
         let result = match items {
             Items::Studies { upserts, source_ids: ids } => {
                 let after = |outcomes: &[UpsertOutcome]| followups(outcomes, source_ids(self.store.db(), tenant, "ImagingStudy", &ids));
-                self.studies.upsert_batch(tenant, &upserts, Some(AfterWrite { followups: &after, gate })).await
+                self.studies.upsert_batch(tenant, &upserts, Some(AfterWrite { followups: &after, gate, insert_first })).await
             }
             Items::Reports(reports) => {
                 let after = |outcomes: &[UpsertOutcome]| followups(outcomes, Vec::new());
-                self.reports.upsert_batch(tenant, &reports, Some(AfterWrite { followups: &after, gate })).await
+                self.reports.upsert_batch(tenant, &reports, Some(AfterWrite { followups: &after, gate, insert_first })).await
             }
         };
         Ok(base.with(&result.map_err(RunError::from)?))

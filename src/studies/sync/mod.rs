@@ -651,7 +651,7 @@ impl SyncService {
                 .collect()
         };
         crate::db::error::retry_transient(|| {
-            self.studies.upsert_batch(tenant, &upserts, Some(crate::db::sql::AfterWrite { followups: &queue_events, gate: None }))
+            self.studies.upsert_batch(tenant, &upserts, Some(crate::db::sql::AfterWrite { followups: &queue_events, gate: None, insert_first: false }))
         })
         .await
         .map_err(|e| RunError::Failed(format!("storing studies: {e}")))?;
