@@ -469,13 +469,16 @@ impl SqlBuf {
         self
     }
 
-    /// ` AND (…)`: the FHIR resource in `payload` (a JSON column) has one of these
-    /// `meta.tag`s (system, code); no system matches any.
-    pub fn push_tags(&mut self, db: &super::Db, payload: &str, tags: &[(Option<String>, String)]) -> &mut Self {
+    /// ` AND …`: the row's FHIR resource has one of these `meta.tag`s (system, code; no
+    /// system matches any). `terms` are the same tags as search terms, matched against
+    /// the row's `tags` column (interop::fhir::resource::tag_terms of what was written).
+    /// Where `tags` is NULL (a row written outside the service, e.g. by the legacy
+    /// migration's SQL) the resource in `payload` is read instead.
+    pub fn push_tags(&mut self, db: &super::Db, tags_column: &str, payload: &str, tags: &[(Option<String>, String)], terms: Vec<String>) -> &mut Self {
         if tags.is_empty() {
             return self;
         }
-        let terms: Vec<String> = tags
+        let from_payload: Vec<String> = tags
             .iter()
             .map(|(system, code)| match db {
                 super::Db::Postgres(_) => {
@@ -483,7 +486,7 @@ impl SqlBuf {
                     if let Some(s) = system {
                         tag["system"] = serde_json::json!(s);
                     }
-                    format!("{payload} @> {}", self.arg(Arg::Json(serde_json::json!({"meta": {"tag": [tag]}}))))
+                    format!("CAST({payload} AS jsonb) @> {}", self.arg(Arg::Json(serde_json::json!({"meta": {"tag": [tag]}}))))
                 }
                 super::Db::Sqlite(_) => {
                     let c = self.arg(Arg::Text(code.clone()));
@@ -495,7 +498,17 @@ impl SqlBuf {
                 }
             })
             .collect();
-        self.push(&format!(" AND ({})", terms.join(" OR ")))
+        let from_terms = match db {
+            super::Db::Postgres(_) => {
+                let a = self.arg(Arg::Array(ArrayArg::Text(terms.into_iter().map(Some).collect())));
+                format!("{tags_column} && CAST({a} AS text[])")
+            }
+            super::Db::Sqlite(_) => {
+                let a = self.arg(Arg::TextList(terms));
+                format!("EXISTS (SELECT 1 FROM json_each({tags_column}) t WHERE t.value IN (SELECT value FROM json_each({a})))")
+            }
+        };
+        self.push(&format!(" AND CASE WHEN {tags_column} IS NULL THEN ({}) ELSE {from_terms} END", from_payload.join(" OR ")))
     }
 }
 

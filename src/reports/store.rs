@@ -62,23 +62,8 @@ pub struct IndexEntry {
     pub study_uid: Option<String>,
 }
 
-/// `%`, `|` and newline escaped, so the parts of a token cannot run together.
-fn token_part(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.contains(['%', '|', '\n']) {
-        return std::borrow::Cow::Borrowed(text); // the usual case: nothing to escape, nothing to copy
-    }
-    std::borrow::Cow::Owned(text.replace('%', "%25").replace('|', "%7C").replace('\n', "%0A"))
-}
-
-/// The stored search token a token search term matches: `param|system|value` for
-/// `system|value`, `param||value` for `|value` (no system), `param:value` for a value
-/// in any system.
-pub fn token_term(param: &str, system: Option<&str>, value: &str) -> String {
-    match system {
-        Some(system) => format!("{param}|{}|{}", token_part(system), token_part(value)),
-        None => format!("{param}:{}", token_part(value)),
-    }
-}
+pub use crate::interop::fhir::resource::token_term;
+use crate::interop::fhir::resource::tag_terms;
 
 /// The `tokens` of a report: for each indexed value but `imaging-study`, and each
 /// `meta.tag` of the stored `payload` (as `_tag`), its exact term (an absent system as
@@ -86,16 +71,13 @@ pub fn token_term(param: &str, system: Option<&str>, value: &str) -> String {
 /// [`study_terms`]; sorted, without repeats. Migrations 0005 and 0007 derive the same
 /// for the reports stored before them.
 pub fn search_tokens(index: &[IndexEntry], payload: &Value) -> Vec<String> {
-    let tags = payload.pointer("/meta/tag").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
     let values = index
         .iter()
         .filter(|e| e.param != IMAGING_STUDY)
-        .filter_map(|e| e.value.as_deref().map(|v| (e.param, e.system.as_deref(), v)))
-        .chain(tags.iter().filter_map(|t| {
-            t.get("code").and_then(Value::as_str).map(|code| ("_tag", t.get("system").and_then(Value::as_str), code))
-        }));
+        .filter_map(|e| e.value.as_deref().map(|v| (e.param, e.system.as_deref(), v)));
     let mut tokens: Vec<String> =
         values.flat_map(|(param, system, v)| [token_term(param, Some(system.unwrap_or("")), v), token_term(param, None, v)]).collect();
+    tokens.extend(tag_terms(payload));
     tokens.extend(index.iter().filter(|e| e.param == IMAGING_STUDY).flat_map(study_terms));
     tokens.sort_unstable();
     tokens.dedup();

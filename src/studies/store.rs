@@ -11,9 +11,9 @@ use crate::db::error::StoreResult;
 use crate::db::{Db, StoreError};
 use crate::bind_args;
 use crate::db::begin_write;
-use crate::db::sql::{AfterWrite, Arg, SqlBuf};
+use crate::db::sql::{AfterWrite, Arg, BindArray, SqlBuf};
 pub use crate::db::sql::UpsertOutcome;
-use crate::interop::fhir::resource::carry_tags;
+use crate::interop::fhir::resource::{carry_tags, tag_terms, token_term};
 use crate::run_followups;
 use crate::on_db;
 use crate::pagination::{Cursor, PageRequest};
@@ -162,7 +162,7 @@ pub struct SqlStudyStore {
 /// Writes a changed study (optimistic: only if still at version `$14`).
 const UPDATE_CHANGED: &str = "UPDATE imaging_studies SET patient_id = $3, accession_number = $4, modality = $5, started_at = $6, \
     status = $7, pacs_endpoint_id = COALESCE($8, pacs_endpoint_id), description = $9, number_of_series = $10, number_of_instances = $11, \
-    payload = $12, version = version + 1, updated_at = $13 WHERE tenant_id = $1 AND id = $2 AND version = $14";
+    payload = $12, version = version + 1, updated_at = $13, tags = $15 WHERE tenant_id = $1 AND id = $2 AND version = $14";
 
 /// Keeps a superseded version of a study (FHIR vread); the current one is the row.
 /// Databases written before this rule also hold current versions, hence the ON CONFLICT.
@@ -216,17 +216,19 @@ impl SqlStudyStore {
             .collect();
         any(sql, terms);
         sql.push_bounds("started_at", &q.started).push_bounds("updated_at", &q.last_updated);
-        sql.push_tags(&self.db, "payload", &q.tags);
+        let terms = q.tags.iter().map(|(system, code)| token_term("_tag", system.as_deref(), code)).collect();
+        sql.push_tags(&self.db, "tags", "payload", &q.tags, terms);
     }
 }
 
-/// [`COLUMNS`] with their PostgreSQL types (bulk inserts).
+/// [`COLUMNS`] with their PostgreSQL types, and the `_tag` search terms (`tags`) that
+/// reads do not need (bulk inserts).
 const COLUMN_TYPES: &[(&str, &str)] = &[
     ("id", "uuid"), ("tenant_id", "uuid"), ("patient_id", "text"), ("encounter_id", "text"), ("order_id", "uuid"),
     ("accession_number", "text"), ("modality", "text"), ("started_at", "timestamptz"), ("status", "text"),
     ("pacs_study_uid", "text"), ("pacs_endpoint_id", "uuid"), ("description", "text"), ("number_of_series", "integer"),
-    ("number_of_instances", "integer"), ("payload", "jsonb"), ("version", "integer"), ("created_at", "timestamptz"),
-    ("updated_at", "timestamptz"),
+    ("number_of_instances", "integer"), ("payload", "json"), ("version", "integer"), ("created_at", "timestamptz"),
+    ("updated_at", "timestamptz"), ("tags", "text[]"),
 ];
 
 const COLUMNS: &str = "id, tenant_id, patient_id, encounter_id, order_id, accession_number, modality, started_at, \
@@ -248,15 +250,16 @@ impl StudyStore for SqlStudyStore {
     #[tracing::instrument(skip_all, fields(tenant_id = %tenant, study_id = %row.id))]
     async fn insert(&self, tenant: TenantId, row: &StudyRow) -> StoreResult<()> {
         let sql = format!(
-            "INSERT INTO imaging_studies ({COLUMNS}) VALUES \
-             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
+            "INSERT INTO imaging_studies ({COLUMNS}, tags) VALUES \
+             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
         );
-        on_db!(&self.db, pool => sqlx::query(&sql)
+        let tags = row.payload.as_ref().map(|p| tag_terms(&p.0)).unwrap_or_default();
+        on_db!(&self.db, pool => BindArray::bind_list(sqlx::query(&sql)
             .bind(row.id).bind(tenant.0).bind(&row.patient_id).bind(&row.encounter_id).bind(row.order_id)
             .bind(&row.accession_number).bind(&row.modality).bind(row.started_at).bind(&row.status)
             .bind(&row.pacs_study_uid).bind(row.pacs_endpoint_id).bind(&row.description)
             .bind(row.number_of_series).bind(row.number_of_instances).bind(&row.payload).bind(row.version)
-            .bind(row.created_at).bind(row.updated_at)
+            .bind(row.created_at).bind(row.updated_at), &tags)
             .execute(pool).await.map(|r| r.rows_affected()))?;
         Ok(())
     }
@@ -309,12 +312,13 @@ impl StudyStore for SqlStudyStore {
                         }
                         sqlx::query(INSERT_VERSION).bind(tenant.0).bind(row.id).bind(row.version).bind(&row.status)
                             .bind(&row.payload).bind(row.updated_at).execute(&mut *tx).await?;
-                        sqlx::query(UPDATE_CHANGED)
+                        let tags = tag_terms(&payload);
+                        let update = sqlx::query(UPDATE_CHANGED)
                             .bind(tenant.0).bind(row.id).bind(&study.patient_id).bind(&study.accession_number)
                             .bind(&study.modality).bind(study.started_at).bind(&study.status).bind(study.pacs_endpoint_id)
                             .bind(&study.description).bind(study.number_of_series).bind(study.number_of_instances)
-                            .bind(Json(&payload)).bind(now).bind(row.version)
-                            .execute(&mut *tx).await?;
+                            .bind(Json(&payload)).bind(now).bind(row.version);
+                        BindArray::bind_list(update, &tags).execute(&mut *tx).await?;
                         outcomes[offset + i] = Some(UpsertOutcome::Updated(row.id));
                     }
                     pending.clear();
@@ -332,7 +336,7 @@ impl StudyStore for SqlStudyStore {
                                 Arg::Text(s.status.clone()), Arg::Text(s.study_instance_uid.clone()), Arg::OptUuid(s.pacs_endpoint_id),
                                 Arg::OptText(s.description.clone()), Arg::OptInt32(s.number_of_series), Arg::OptInt32(s.number_of_instances),
                                 Arg::JsonText(s.payload_text()),
-                                Arg::OptInt32(Some(1)), Arg::Time(now), Arg::Time(now),
+                                Arg::OptInt32(Some(1)), Arg::Time(now), Arg::Time(now), Arg::TextList(tag_terms(&s.payload)),
                             ]
                         })
                         .collect();

@@ -299,7 +299,10 @@ async fn overlapping_batches_racing_store_each_study_once() {
 
 /// Migration 0007 moves each report's `imaging-study` rows of diagnostic_report_index
 /// into its `tokens`: afterwards the tokens are exactly what the code writes for the same
-/// report (search_tokens), and the REST/FHIR search and links read them.
+/// report (search_tokens), and the REST/FHIR search and links read them. It derives each
+/// study's `_tag` terms (`tags`) from its payload, which the `_tag` search reads; a study
+/// row written later by plain SQL (the legacy migration) has none and is searched by its
+/// payload.
 #[tokio::test]
 async fn migration_0007_moves_report_study_references_into_the_tokens() {
     use radiology::reports::store::{search_tokens, IndexEntry};
@@ -338,7 +341,30 @@ async fn migration_0007_moves_report_study_references_into_the_tokens() {
             }
         }
     }
+    let tagged = json!({"resourceType": "ImagingStudy", "status": "available",
+        "meta": {"tag": [{"system": "urn:x", "code": "a|b"}, {"code": "legacy"}]}});
+    let sql = "INSERT INTO imaging_studies (id, tenant_id, status, pacs_study_uid, payload, created_at, updated_at) VALUES ($1, $2, 'available', $3, $4, $5, $5)";
+    let (study_before, study_sql) = (Uuid::new_v4(), Uuid::new_v4());
+    radiology::on_db!(&db, pool => sqlx::query(sql).bind(study_before).bind(tenant).bind("1.2.77").bind(Json(&tagged)).bind(now)
+        .execute(pool).await.map(|r| r.rows_affected())).unwrap();
     db.migrate().await.unwrap();
+    radiology::on_db!(&db, pool => sqlx::query(sql).bind(study_sql).bind(tenant).bind("1.2.78").bind(Json(&tagged)).bind(now)
+        .execute(pool).await.map(|r| r.rows_affected())).unwrap();
+    let studies = SqlStudyStore::new(db.clone());
+    let by_tag = |system: Option<&str>, code: &str| StudyQuery { tags: vec![(system.map(str::to_string), code.to_string())], ..Default::default() };
+    for (system, code, hits) in [(Some("urn:x"), "a|b", 2), (None, "a|b", 2), (None, "legacy", 2), (Some("urn:y"), "a|b", 0), (None, "other", 0)] {
+        assert_eq!(studies.count(TenantId(tenant), &by_tag(system, code)).await.unwrap(), hits, "{system:?} {code}");
+    }
+    let study_tags: Option<String> = match &db {
+        Db::Postgres(pool) => sqlx::query_scalar::<_, Option<Vec<String>>>("SELECT tags FROM imaging_studies WHERE id = $1").bind(study_before)
+            .fetch_one(pool).await.unwrap().map(|t| json!(t).to_string()),
+        Db::Sqlite(pool) => sqlx::query_scalar("SELECT tags FROM imaging_studies WHERE id = $1").bind(study_before).fetch_one(pool).await.unwrap(),
+    };
+    let mut study_tags: Vec<String> = serde_json::from_str(&study_tags.expect("derived by the migration")).unwrap();
+    let mut written = radiology::interop::fhir::resource::tag_terms(&tagged);
+    (study_tags.sort(), written.sort());
+    assert_eq!(study_tags, written, "the terms the code writes for the same payload, in any order");
+
     let tokens: Vec<String> = match &db {
         Db::Postgres(pool) => sqlx::query_scalar("SELECT tokens FROM diagnostic_reports WHERE id = $1").bind(id).fetch_one(pool).await.unwrap(),
         Db::Sqlite(pool) => {

@@ -279,6 +279,35 @@ pub fn carry_tags(new: &Value, old: &Value) -> Option<Value> {
     (merged != before).then_some(Value::Object(merged))
 }
 
+/// `%`, `|` and newline escaped, so the parts of a token cannot run together.
+fn token_part(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains(['%', '|', '\n']) {
+        return std::borrow::Cow::Borrowed(text); // the usual case: nothing to escape, nothing to copy
+    }
+    std::borrow::Cow::Owned(text.replace('%', "%25").replace('|', "%7C").replace('\n', "%0A"))
+}
+
+/// The stored search token a token search term matches: `param|system|value` for
+/// `system|value`, `param||value` for `|value` (no system), `param:value` for a value
+/// in any system.
+pub fn token_term(param: &str, system: Option<&str>, value: &str) -> String {
+    match system {
+        Some(system) => format!("{param}|{}|{}", token_part(system), token_part(value)),
+        None => format!("{param}:{}", token_part(value)),
+    }
+}
+
+/// The `_tag` search terms of a resource: for each `meta.tag` with a code, its exact term
+/// (`_tag|system|code`, an absent system as "") and its any-system term (`_tag:code`);
+/// in tag order, repeats included.
+pub fn tag_terms(resource: &Value) -> Vec<String> {
+    let tags = resource.pointer("/meta/tag").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    tags.iter()
+        .filter_map(|t| t.get("code").and_then(Value::as_str).map(|code| (t.get("system").and_then(Value::as_str), code)))
+        .flat_map(|(system, code)| [token_term("_tag", Some(system.unwrap_or("")), code), token_term("_tag", None, code)])
+        .collect()
+}
+
 /// The JSON text of `resource`, a resource parsed from `line` and since changed only
 /// in its `id` and `meta` members (removed, replaced or added), made from the line
 /// itself: every other top-level member is copied as sent, in the order sent, and only

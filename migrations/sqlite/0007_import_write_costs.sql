@@ -20,3 +20,16 @@ UPDATE diagnostic_reports SET tokens = (
 WHERE id IN (SELECT report_id FROM report_study_terms);
 DROP TABLE report_study_terms;
 DROP TABLE diagnostic_report_index;
+
+-- A study's meta.tag search terms go in `tags` (a JSON array; NULL for a row written
+-- outside the service, whose `_tag` is then read from its payload); see the PostgreSQL
+-- migration 0007, step 3. SQLite payloads are text already.
+ALTER TABLE imaging_studies ADD COLUMN tags TEXT;
+UPDATE imaging_studies SET tags = COALESCE((
+    SELECT json_group_array(term) FROM (
+        SELECT '_tag|' || replace(replace(replace(COALESCE(json_extract(t.value, '$.system'), ''), '%', '%25'), '|', '%7C'), char(10), '%0A')
+               || '|' || replace(replace(replace(json_extract(t.value, '$.code'), '%', '%25'), '|', '%7C'), char(10), '%0A') AS term
+        FROM json_each(imaging_studies.payload, '$.meta.tag') t WHERE json_type(t.value, '$.code') = 'text'
+        UNION ALL
+        SELECT '_tag:' || replace(replace(replace(json_extract(t.value, '$.code'), '%', '%25'), '|', '%7C'), char(10), '%0A')
+        FROM json_each(imaging_studies.payload, '$.meta.tag') t WHERE json_type(t.value, '$.code') = 'text')), '[]');

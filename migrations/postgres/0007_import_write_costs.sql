@@ -1,4 +1,4 @@
--- Cheaper report writes (FHIR $import, ORU^R01); see BENCHMARKS.md.
+-- Cheaper writes for FHIR $import (and ORU^R01 reports); see BENCHMARKS.md.
 
 -- 1. A report's `imaging-study` references move from one row each in
 -- diagnostic_report_index (a heap row and two or three index entries per reference,
@@ -34,3 +34,39 @@ DROP TABLE diagnostic_report_index;
 -- decompression on every read). Rows up to a page are now stored as they are; longer
 -- reports are still compressed and moved out of line.
 ALTER TABLE diagnostic_reports SET (toast_tuple_target = 8160);
+
+-- 3. Study payloads are stored as `json` (checked, kept as text), as report payloads are
+--    since 0005: building jsonb from each one was about 10% of an import's CPU time. The
+--    one query into them, `_tag`, reads the new `tags` instead: the study's meta.tag
+--    search terms, `_tag|system|code` (no system: empty) and `_tag:code`, escaped as
+--    report tokens are (interop::fhir::resource::tag_terms), derived here for the
+--    studies stored before. A row written outside the service (the legacy migration's
+--    SQL) has no `tags` (NULL), and its `_tag` is read from its payload.
+ALTER TABLE imaging_studies ADD COLUMN tags text[] COLLATE "C";
+WITH terms AS (
+    SELECT s.id,
+           replace(replace(replace(COALESCE(t.tag->>'system', ''), '%', '%25'), '|', '%7C'), E'\n', '%0A') AS system,
+           replace(replace(replace(t.tag->>'code', '%', '%25'), '|', '%7C'), E'\n', '%0A') AS code
+    FROM imaging_studies s, jsonb_array_elements(CASE WHEN jsonb_typeof(s.payload->'meta'->'tag') = 'array'
+                                                     THEN s.payload->'meta'->'tag' ELSE '[]' END) AS t(tag)
+    WHERE jsonb_typeof(t.tag->'code') = 'string'
+), tags AS (
+    SELECT id, array_agg(term) AS tags
+    FROM (SELECT id, '_tag|' || system || '|' || code AS term FROM terms
+          UNION ALL
+          SELECT id, '_tag:' || code FROM terms) t
+    GROUP BY id
+)
+UPDATE imaging_studies s SET tags = COALESCE(tags.tags, '{}')
+FROM imaging_studies s2 LEFT JOIN tags ON tags.id = s2.id
+WHERE s2.id = s.id;
+ALTER TABLE imaging_studies ALTER COLUMN payload TYPE json USING payload::json;
+ALTER TABLE imaging_study_versions ALTER COLUMN payload TYPE json USING payload::json;
+-- A change of type resets a column's compression (see 0006): lz4 again.
+DO $$
+BEGIN
+    ALTER TABLE imaging_studies ALTER COLUMN payload SET COMPRESSION lz4;
+    ALTER TABLE imaging_study_versions ALTER COLUMN payload SET COMPRESSION lz4;
+EXCEPTION WHEN feature_not_supported THEN
+    RAISE NOTICE 'lz4 is not available; study payloads keep pglz compression';
+END $$;
