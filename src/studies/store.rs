@@ -137,9 +137,10 @@ pub trait StudyStore: Send + Sync {
     async fn count_changes_since(&self, tenant: TenantId, endpoint: Uuid, since: DateTime<Utc>) -> StoreResult<(i64, i64)>;
     /// [`StudyStore::upsert`] for a batch, in one transaction and a few statements per
     /// 500 studies: one lookup, one multi-row insert, updates only for studies that
-    /// changed. `after` adds statements to the same transaction (a fenced checkpoint);
-    /// if a fence fails nothing is written. Outcomes are in input order; UIDs must be
-    /// distinct.
+    /// changed (with `after.insert_first`, the insert goes first and only the studies it
+    /// found stored are looked up). `after` adds statements to the same transaction (a
+    /// fenced checkpoint); if a fence fails nothing is written. Outcomes are in input
+    /// order; UIDs must be distinct.
     async fn upsert_batch(&self, tenant: TenantId, studies: &[StudyUpsert], after: Option<AfterWrite<'_>>) -> StoreResult<Vec<UpsertOutcome>>;
     /// [`StudyStore::upsert_batch`] with nothing else in the transaction (one window of a sync).
     async fn upsert_many(&self, tenant: TenantId, studies: &[StudyUpsert]) -> StoreResult<Vec<UpsertOutcome>> {
