@@ -243,6 +243,22 @@ impl SqlReportStore {
         Self { db }
     }
 
+    /// `SELECT <key>, <value> FROM <table> WHERE tenant_id = … <filter> AND <key> IN (keys)`,
+    /// as a map from key to value.
+    async fn map_by_keys<V>(&self, tenant: TenantId, table: &str, filter: &str, (key, value): (&str, &str), keys: HashSet<String>) -> StoreResult<HashMap<String, V>>
+    where
+        V: Send + Unpin,
+        V: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+        V: for<'r> sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+    {
+        let mut sql = SqlBuf::new(format!("SELECT {key}, {value} FROM {table} WHERE tenant_id = "));
+        let t = sql.arg(Arg::Uuid(tenant.0));
+        sql.push(&t).push(filter).push(" AND ");
+        sql.push_in_keys(&self.db, key, keys.into_iter().collect());
+        let rows = on_db!(&self.db, pool => bind_args!(sqlx::query_as::<_, (String, V)>(&sql.text), &sql.args).fetch_all(pool).await)?;
+        Ok(rows.into_iter().collect())
+    }
+
     fn where_clause(&self, tenant: TenantId, q: &ReportQuery, sql: &mut SqlBuf) {
         let t = sql.arg(Arg::Uuid(tenant.0));
         sql.push(&format!(" WHERE r.tenant_id = {t}"));
@@ -461,14 +477,9 @@ impl ReportStore for SqlReportStore {
         // An id referenced without a UID: the UID of the study imported under that id.
         let by_source: HashSet<String> = links.iter().filter(|l| l.study_uid.is_none()).filter_map(|l| l.ref_id.clone()).collect();
         if !by_source.is_empty() {
-            let mut sql = SqlBuf::new("SELECT source_id, business_key FROM fhir_source_ids WHERE tenant_id = ");
-            let t = sql.arg(Arg::Uuid(tenant.0));
-            sql.push(&t).push(" AND resource_type = 'ImagingStudy' AND ");
-            sql.push_in_keys(&self.db, "source_id", by_source.into_iter().collect());
-            let found: HashMap<String, String> = on_db!(&self.db, pool => bind_args!(sqlx::query_as::<_, (String, String)>(&sql.text), &sql.args)
-                .fetch_all(pool).await)?
-                .into_iter()
-                .collect();
+            let found: HashMap<String, String> = self
+                .map_by_keys(tenant, "fhir_source_ids", " AND resource_type = 'ImagingStudy'", ("source_id", "business_key"), by_source)
+                .await?;
             for l in links.iter_mut().filter(|l| l.study_uid.is_none()) {
                 l.study_uid = l.ref_id.as_ref().and_then(|id| found.get(id).cloned());
             }
@@ -476,14 +487,7 @@ impl ReportStore for SqlReportStore {
         // Our study of each UID, once it exists.
         let uids: HashSet<String> = links.iter().filter_map(|l| l.study_uid.clone()).collect();
         if !uids.is_empty() {
-            let mut sql = SqlBuf::new("SELECT pacs_study_uid, id FROM imaging_studies WHERE tenant_id = ");
-            let t = sql.arg(Arg::Uuid(tenant.0));
-            sql.push(&t).push(" AND ");
-            sql.push_in_keys(&self.db, "pacs_study_uid", uids.into_iter().collect());
-            let found: HashMap<String, Uuid> = on_db!(&self.db, pool => bind_args!(sqlx::query_as::<_, (String, Uuid)>(&sql.text), &sql.args)
-                .fetch_all(pool).await)?
-                .into_iter()
-                .collect();
+            let found: HashMap<String, Uuid> = self.map_by_keys(tenant, "imaging_studies", "", ("pacs_study_uid", "id"), uids).await?;
             for l in &mut links {
                 l.study_id = l.study_uid.as_ref().and_then(|uid| found.get(uid).copied());
             }
